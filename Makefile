@@ -1,0 +1,44 @@
+# Two commands do everything on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+TOOLS := .tools
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+TOOLS_STAMP := $(TOOLS)/.installed
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: run test unit tooling bench clean setup
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e ".[dev]"
+	touch $@
+
+# The template tools live in their own venv: installed next to sagemaker and moto they pin each other back.
+$(TOOLS_STAMP):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install -q --upgrade pip
+	$(TOOLS)/bin/pip install -q aws-sam-cli cfn-lint checkov
+	touch $@
+
+setup: $(STAMP) $(TOOLS_STAMP)
+
+## make run: run examples/prompts.jsonl through the embedded local stack (moto + TGI emulator)
+run: $(STAMP)
+	$(VENV)/bin/sagebatch run examples/prompts.jsonl --out out/prompts
+
+## make test: install everything, run the whole suite including cfn-lint, sam validate --lint, sam build, checkov
+test: $(STAMP) $(TOOLS_STAMP)
+	PATH="$(CURDIR)/$(TOOLS)/bin:$$PATH" $(PY) -m pytest -n 2 --dist loadfile -q
+
+unit: $(STAMP)
+	$(PY) -m pytest -q tests/unit
+
+bench: $(STAMP)
+	$(PY) bench/tokenize.py
+	$(PY) bench/calibration.py
+	$(PY) bench/saturation.py
+
+clean:
+	rm -rf $(VENV) $(TOOLS) .aws-sam out .pytest_cache

@@ -1,0 +1,260 @@
+"""JobStore: job, shard and record state in the single DynamoDB table.
+
+Keys (one partition per job):
+  pk=JOB#<id> sk=META            the job: status, counts, token totals, times
+  pk=JOB#<id> sk=SHARD#<n>       a finished shard (exists once; guards the job counters)
+  pk=JOB#<id> sk=REC#<line>      a record's result (written once, as soon as it is known)
+
+Every write that counts is conditional, so redelivered messages never count twice
+(aws-reliability.md 9: atomic counters alone are not idempotent).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from decimal import Decimal
+from typing import Any, Iterator
+
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from botocore.exceptions import ClientError
+from pydantic import BaseModel, Field
+
+from sagebatch.models import FitSettings, Parameters, ResultLine
+
+_SER = TypeSerializer()
+_DESER = TypeDeserializer()
+
+CREATING, RUNNING, FINALIZING, COMPLETED, FAILED = "CREATING", "RUNNING", "FINALIZING", "COMPLETED", "FAILED"
+
+
+class Job(BaseModel):
+    """The job item as the service sees it."""
+
+    job_id: str
+    status: str = CREATING
+    source: str
+    bucket: str
+    key: str
+    version_id: str | None = None
+    parameters: Parameters = Field(default_factory=Parameters)
+    fit: FitSettings | None = None
+    client_token: str | None = None
+    created_at: float = Field(default_factory=time.time)
+    started_at: float | None = None
+    finished_at: float | None = None
+    total_records: int | None = None
+    total_shards: int | None = None
+    shards_done: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    endpoint_calls: int = 0
+    error: str | None = None
+
+
+class ShardCounts(BaseModel):
+    succeeded: int = 0
+    failed: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    endpoint_calls: int = 0
+
+
+def _pk(job_id: str) -> str:
+    return f"JOB#{job_id}"
+
+
+def _rec_sk(line: int) -> str:
+    return f"REC#{line:012d}"
+
+
+def _to_item(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: _SER.serialize(v) for k, v in values.items() if v is not None}
+
+
+def _from_item(item: dict[str, Any]) -> dict[str, Any]:
+    plain = {k: _DESER.deserialize(v) for k, v in item.items()}
+    return {k: (int(v) if isinstance(v, Decimal) and v == int(v) else float(v) if isinstance(v, Decimal) else v) for k, v in plain.items()}
+
+
+def _is_condition_failure(error: ClientError) -> bool:
+    code = error.response.get("Error", {}).get("Code")
+    if code == "ConditionalCheckFailedException":
+        return True
+    if code == "TransactionCanceledException":
+        reasons = error.response.get("CancellationReasons", [])
+        return any(r.get("Code") == "ConditionalCheckFailed" for r in reasons) or not reasons
+    return False
+
+
+class JobStore:
+    def __init__(self, dynamodb: Any, table_name: str, ttl_days: int = 30):
+        self._db = dynamodb
+        self._table = table_name
+        self._ttl_seconds = ttl_days * 86400
+
+    # -- jobs -------------------------------------------------------------------------------
+    def create_job(self, job: Job) -> tuple[Job, bool]:
+        """Create the job unless one with its id exists; return (the job, created?)."""
+        values = job.model_dump(mode="json")
+        values["parameters"] = json.dumps(values["parameters"])
+        values["fit"] = json.dumps(values["fit"]) if values["fit"] else None
+        values.update(pk=_pk(job.job_id), sk="META", expires_at=int(job.created_at) + self._ttl_seconds)
+        try:
+            self._db.put_item(
+                TableName=self._table,
+                Item=_to_item(values),
+                ConditionExpression="attribute_not_exists(pk)",
+            )
+            return job, True
+        except ClientError as error:
+            if not _is_condition_failure(error):
+                raise
+        existing = self.get_job(job.job_id)
+        assert existing is not None
+        return existing, False
+
+    def get_job(self, job_id: str) -> Job | None:
+        response = self._db.get_item(
+            TableName=self._table, Key=_to_item({"pk": _pk(job_id), "sk": "META"}), ConsistentRead=True
+        )
+        if "Item" not in response:
+            return None
+        values = _from_item(response["Item"])
+        values["parameters"] = json.loads(values.get("parameters") or "{}")
+        values["fit"] = json.loads(values["fit"]) if values.get("fit") else None
+        return Job.model_validate({k: v for k, v in values.items() if k in Job.model_fields})
+
+    def start_job(self, job_id: str, total_records: int, total_shards: int) -> None:
+        """CREATING -> RUNNING with the totals; a no-op when a redelivered intake already did it."""
+        try:
+            self._db.update_item(
+                TableName=self._table,
+                Key=_to_item({"pk": _pk(job_id), "sk": "META"}),
+                UpdateExpression="SET #s = :running, total_records = :tr, total_shards = :ts, started_at = :now",
+                ConditionExpression="#s = :creating",
+                ExpressionAttributeNames={"#s": "status"},
+                ExpressionAttributeValues=_to_item(
+                    {":running": RUNNING, ":creating": CREATING, ":tr": total_records, ":ts": total_shards, ":now": Decimal(str(time.time()))}
+                ),
+            )
+        except ClientError as error:
+            if not _is_condition_failure(error):
+                raise
+
+    def fail_job(self, job_id: str, reason: str) -> None:
+        self._db.update_item(
+            TableName=self._table,
+            Key=_to_item({"pk": _pk(job_id), "sk": "META"}),
+            UpdateExpression="SET #s = :failed, #e = :reason, finished_at = :now",
+            ExpressionAttributeNames={"#s": "status", "#e": "error"},
+            ExpressionAttributeValues=_to_item({":failed": FAILED, ":reason": reason, ":now": Decimal(str(time.time()))}),
+        )
+
+    def try_begin_finalize(self, job_id: str) -> bool:
+        """RUNNING -> FINALIZING once every shard is done. Exactly one caller ever gets True."""
+        try:
+            self._db.update_item(
+                TableName=self._table,
+                Key=_to_item({"pk": _pk(job_id), "sk": "META"}),
+                UpdateExpression="SET #s = :finalizing",
+                ConditionExpression="#s = :running AND shards_done = total_shards",
+                ExpressionAttributeNames={"#s": "status"},
+                ExpressionAttributeValues=_to_item({":finalizing": FINALIZING, ":running": RUNNING}),
+            )
+            return True
+        except ClientError as error:
+            if _is_condition_failure(error):
+                return False
+            raise
+
+    def complete_job(self, job_id: str, status: str = COMPLETED) -> bool:
+        try:
+            self._db.update_item(
+                TableName=self._table,
+                Key=_to_item({"pk": _pk(job_id), "sk": "META"}),
+                UpdateExpression="SET #s = :done, finished_at = :now",
+                ConditionExpression="#s = :finalizing",
+                ExpressionAttributeNames={"#s": "status"},
+                ExpressionAttributeValues=_to_item({":done": status, ":finalizing": FINALIZING, ":now": Decimal(str(time.time()))}),
+            )
+            return True
+        except ClientError as error:
+            if _is_condition_failure(error):
+                return False
+            raise
+
+    # -- shards -----------------------------------------------------------------------------
+    def shard_done(self, job_id: str, shard: int) -> bool:
+        response = self._db.get_item(
+            TableName=self._table, Key=_to_item({"pk": _pk(job_id), "sk": f"SHARD#{shard:08d}"}), ConsistentRead=True
+        )
+        return "Item" in response
+
+    def complete_shard(self, job_id: str, shard: int, counts: ShardCounts) -> bool:
+        """Mark the shard done and add its counts to the job, atomically and at most once."""
+        try:
+            self._db.transact_write_items(
+                TransactItems=[
+                    {
+                        "Put": {
+                            "TableName": self._table,
+                            "Item": _to_item(
+                                {"pk": _pk(job_id), "sk": f"SHARD#{shard:08d}", **counts.model_dump(),
+                                 "expires_at": int(time.time()) + self._ttl_seconds}
+                            ),
+                            "ConditionExpression": "attribute_not_exists(pk)",
+                        }
+                    },
+                    {
+                        "Update": {
+                            "TableName": self._table,
+                            "Key": _to_item({"pk": _pk(job_id), "sk": "META"}),
+                            "UpdateExpression": "ADD shards_done :one, succeeded :s, failed :f, "
+                            "input_tokens :it, output_tokens :ot, endpoint_calls :ec",
+                            "ExpressionAttributeValues": _to_item(
+                                {":one": 1, ":s": counts.succeeded, ":f": counts.failed, ":it": counts.input_tokens,
+                                 ":ot": counts.output_tokens, ":ec": counts.endpoint_calls}
+                            ),
+                        }
+                    },
+                ]
+            )
+            return True
+        except ClientError as error:
+            if _is_condition_failure(error):
+                return False
+            raise
+
+    # -- records ----------------------------------------------------------------------------
+    def put_result(self, job_id: str, result: ResultLine) -> bool:
+        """Store a record's result once; False when one was already stored (keep the first)."""
+        try:
+            self._db.put_item(
+                TableName=self._table,
+                Item=_to_item(
+                    {"pk": _pk(job_id), "sk": _rec_sk(result.line), "result": result.model_dump_json(),
+                     "expires_at": int(time.time()) + self._ttl_seconds}
+                ),
+                ConditionExpression="attribute_not_exists(pk)",
+            )
+            return True
+        except ClientError as error:
+            if _is_condition_failure(error):
+                return False
+            raise
+
+    def results(self, job_id: str, first_line: int = 1, last_line: int | None = None) -> Iterator[ResultLine]:
+        """Stored results in line order (a range, or the whole job)."""
+        upper = _rec_sk(last_line) if last_line is not None else "REC#~"
+        paginator = self._db.get_paginator("query")
+        for page in paginator.paginate(
+            TableName=self._table,
+            KeyConditionExpression="pk = :pk AND sk BETWEEN :lo AND :hi",
+            ExpressionAttributeValues=_to_item({":pk": _pk(job_id), ":lo": _rec_sk(first_line), ":hi": upper}),
+            ConsistentRead=True,
+        ):
+            for item in page["Items"]:
+                yield ResultLine.model_validate_json(item["result"]["S"])

@@ -1,0 +1,102 @@
+"""ObjectStore: the S3 reads and writes the service makes (streamed, version-pinned)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import IO, Any, Iterator
+
+from botocore.exceptions import ClientError
+
+_READ_CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    bucket: str
+    key: str
+    version_id: str | None
+    etag: str
+    size: int
+
+
+@dataclass(frozen=True)
+class LineSpan:
+    """Where one input line sits in the object: bytes [start, end), newline included."""
+
+    start: int
+    end: int
+
+
+class InputUnreadable(Exception):
+    """The job's input cannot be read (missing, access denied, ...): a job-level error."""
+
+
+class ObjectStore:
+    def __init__(self, s3: Any):
+        self._s3 = s3
+
+    def head(self, bucket: str, key: str, version_id: str | None = None) -> ObjectInfo:
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key}
+        if version_id:
+            kwargs["VersionId"] = version_id
+        try:
+            response = self._s3.head_object(**kwargs)
+        except ClientError as error:
+            code = error.response.get("Error", {}).get("Code", "")
+            raise InputUnreadable(f"cannot read s3://{bucket}/{key}: {code or 'error'}") from error
+        version = response.get("VersionId")
+        return ObjectInfo(bucket, key, None if version in (None, "null") else version, response["ETag"], response["ContentLength"])
+
+    def _get(self, info: ObjectInfo, range_header: str | None = None) -> Any:
+        kwargs: dict[str, Any] = {"Bucket": info.bucket, "Key": info.key}
+        # Pin what we read to what the job saw: a version if the bucket has one, else the ETag.
+        if info.version_id:
+            kwargs["VersionId"] = info.version_id
+        else:
+            kwargs["IfMatch"] = info.etag
+        if range_header:
+            kwargs["Range"] = range_header
+        try:
+            return self._s3.get_object(**kwargs)["Body"]
+        except ClientError as error:
+            code = error.response.get("Error", {}).get("Code", "")
+            if code in {"NoSuchKey", "AccessDenied", "NoSuchBucket", "PreconditionFailed", "NoSuchVersion", "403", "404"}:
+                raise InputUnreadable(f"cannot read s3://{info.bucket}/{info.key}: {code}") from error
+            raise
+
+    def head_bytes(self, info: ObjectInfo, count: int) -> bytes:
+        if info.size == 0:
+            return b""
+        return self._get(info, f"bytes=0-{min(count, info.size) - 1}").read()
+
+    def line_spans(self, info: ObjectInfo) -> Iterator[LineSpan]:
+        """Stream the object once and yield each line's byte span; never holds more than a chunk plus a line."""
+        body = self._get(info)
+        offset = 0  # absolute offset of the first byte of `pending`
+        pending = b""
+        while chunk := body.read(_READ_CHUNK):
+            pending += chunk
+            cut = 0
+            while (newline := pending.find(b"\n", cut)) != -1:
+                yield LineSpan(offset + cut, offset + newline + 1)
+                cut = newline + 1
+            offset += cut
+            pending = pending[cut:]
+        if pending:  # a last line without a trailing newline
+            yield LineSpan(offset, offset + len(pending))
+
+    def read_range(self, info: ObjectInfo, start: int, end: int) -> bytes:
+        if end <= start:
+            return b""
+        return self._get(info, f"bytes={start}-{end - 1}").read()
+
+    def put_bytes(self, bucket: str, key: str, body: bytes, content_type: str = "application/x-ndjson") -> None:
+        self._s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type)
+
+    def put_json(self, bucket: str, key: str, value: Any) -> None:
+        self.put_bytes(bucket, key, json.dumps(value, indent=2, ensure_ascii=False).encode("utf-8"), "application/json")
+
+    def upload_file(self, bucket: str, key: str, fileobj: IO[bytes], content_type: str = "application/x-ndjson") -> None:
+        """Multipart upload from a file object: results.jsonl may be far larger than memory."""
+        self._s3.upload_fileobj(fileobj, bucket, key, ExtraArgs={"ContentType": content_type})

@@ -1,0 +1,1 @@
+"""A local stand-in for the SageMaker TGI endpoint (see server.py)."""

@@ -1,0 +1,202 @@
+"""Intake: one intake-queue message (an S3 drop or a job submission) becomes a job and its work shards.
+
+Work is enqueued *by reference*: a shard message names a byte range of the (version-pinned) input
+object, so a million-line file costs ~30k small messages and no S3 object per record. Job ids are
+derived from what identifies the submission (object version, client token, message id), so a
+duplicate notification or a redelivered message finds the existing job instead of making a second.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any, Iterator
+from urllib.parse import unquote_plus
+
+from pydantic import ValidationError
+
+from sagebatch.adapters.jobs import CREATING, Job, JobStore
+from sagebatch.adapters.objects import InputUnreadable, LineSpan, ObjectInfo, ObjectStore
+from sagebatch.adapters.queues import MessageSender
+from sagebatch.models import FinalizeRequest, JobSpec, Shard
+from sagebatch.observability import logger
+from sagebatch.settings import Settings
+
+_JOB_NAMESPACE = uuid.UUID("5d7f3c7e-9a53-4f0b-9d64-2a1c5b1e7a10")
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+@dataclass(frozen=True)
+class IntakeOutcome:
+    job_id: str | None
+    created: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class S3Drop:
+    bucket: str
+    key: str
+    version_id: str | None
+    etag: str | None
+
+
+def job_id_for(identity: str) -> str:
+    return str(uuid.uuid5(_JOB_NAMESPACE, identity))
+
+
+def parse_s3_drops(body: dict[str, Any]) -> list[S3Drop] | None:
+    """The S3 object-created records in a notification, keys URL-decoded; None if `body` is not one.
+
+    S3 URL-encodes keys (space as '+', '+' as '%2B'), so decode before any S3 call or id.
+    Powertools' S3 model keeps keys encoded and requires fields moto omits (aws-reliability.md 10),
+    hence this small tolerant parser.
+    """
+    if body.get("Event") == "s3:TestEvent":
+        return []
+    records = body.get("Records")
+    if not isinstance(records, list) or not records or not all(
+        isinstance(r, dict) and r.get("eventSource") == "aws:s3" for r in records
+    ):
+        return None
+    drops = []
+    for record in records:
+        if not str(record.get("eventName", "")).startswith("ObjectCreated"):
+            continue
+        s3 = record["s3"]
+        obj = s3["object"]
+        drops.append(
+            S3Drop(s3["bucket"]["name"], unquote_plus(obj["key"]), obj.get("versionId") or None, obj.get("eTag"))
+        )
+    return drops
+
+
+class Intake:
+    def __init__(self, jobs: JobStore, objects: ObjectStore, work: MessageSender, finalize: MessageSender, settings: Settings):
+        self._jobs = jobs
+        self._objects = objects
+        self._work = work
+        self._finalize = finalize
+        self._settings = settings
+
+    def handle_message(self, body_text: str, message_id: str) -> list[IntakeOutcome]:
+        try:
+            body = json.loads(body_text)
+        except ValueError:
+            return [self._reject(job_id_for(f"msg:{message_id}"), "the job message is not valid JSON")]
+        if not isinstance(body, dict):
+            return [self._reject(job_id_for(f"msg:{message_id}"), "the job message must be a JSON object")]
+        drops = parse_s3_drops(body)
+        if drops is not None:
+            return [self.submit_s3_drop(drop) for drop in drops]
+        return [self.submit_job(body, message_id)]
+
+    def submit_s3_drop(self, drop: S3Drop) -> IntakeOutcome:
+        identity = f"s3://{drop.bucket}/{drop.key}#{drop.version_id or drop.etag or ''}"
+        job_id = job_id_for(identity)
+        job = Job(job_id=job_id, source=f"s3://{drop.bucket}/{drop.key}", bucket=drop.bucket, key=drop.key, version_id=drop.version_id)
+        return self._start(job)
+
+    def submit_job(self, body: dict[str, Any], message_id: str) -> IntakeOutcome:
+        try:
+            spec = JobSpec.model_validate(body)
+        except ValidationError as error:
+            given = body.get("job_id") if isinstance(body.get("job_id"), str) else None
+            job_id = given if given and len(given) <= 64 else job_id_for(f"msg:{message_id}")
+            return self._reject(job_id, "invalid job message: " + _short_errors(error))
+        if spec.client_token:
+            job_id = spec.job_id or job_id_for(f"token:{spec.client_token}")
+        else:
+            job_id = spec.job_id or job_id_for(f"msg:{message_id}")
+        if spec.records is not None:
+            bucket, key = self._settings.bucket_name, f"jobs/{job_id}/input.jsonl"
+            existing = self._jobs.get_job(job_id)
+            if existing is None or existing.status == CREATING:
+                payload = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in spec.records)
+                self._objects.put_bytes(bucket, key, payload.encode("utf-8"))
+        else:
+            bucket, key = spec.bucket_and_key
+        job = Job(
+            job_id=job_id,
+            source=f"s3://{bucket}/{key}",
+            bucket=bucket,
+            key=key,
+            parameters=spec.parameters,
+            fit=spec.fit,
+            client_token=spec.client_token,
+        )
+        return self._start(job)
+
+    def _start(self, job: Job) -> IntakeOutcome:
+        job, created = self._jobs.create_job(job)
+        if not created and job.status != CREATING:
+            logger.info("duplicate submission", extra={"job_id": job.job_id, "status": job.status})
+            return IntakeOutcome(job.job_id, False, "duplicate")
+        try:
+            info = self._objects.head(job.bucket, job.key, job.version_id)
+            if self._objects.head_bytes(info, 2) == GZIP_MAGIC:
+                raise InputUnreadable("the input is gzip-compressed; upload uncompressed JSONL (one JSON object per line)")
+            total_records, total_shards = self._enqueue_shards(job, info)
+        except InputUnreadable as error:
+            self._fail(job.job_id, str(error))
+            return IntakeOutcome(job.job_id, created, str(error))
+        self._jobs.start_job(job.job_id, total_records, total_shards)
+        logger.info("job started", extra={"job_id": job.job_id, "records": total_records, "shards": total_shards})
+        # An empty file, or workers that finished every shard before the totals were known.
+        if self._jobs.try_begin_finalize(job.job_id):
+            self._finalize.send(FinalizeRequest(job_id=job.job_id))
+        return IntakeOutcome(job.job_id, created)
+
+    def _enqueue_shards(self, job: Job, info: ObjectInfo) -> tuple[int, int]:
+        lines = 0
+        shards = 0
+
+        def shard_messages() -> Iterator[Shard]:
+            nonlocal lines, shards
+            for group in group_spans(self._objects.line_spans(info), self._settings.shard_records, self._settings.shard_bytes):
+                yield Shard(
+                    job_id=job.job_id, shard=shards, bucket=info.bucket, key=info.key, version_id=info.version_id, etag=info.etag,
+                    start=group[0].start, end=group[-1].end, first_line=lines + 1, lines=len(group),
+                )
+                lines += len(group)
+                shards += 1
+
+        self._work.send_all(shard_messages())
+        return lines, shards
+
+    def _reject(self, job_id: str, reason: str) -> IntakeOutcome:
+        """A submission that cannot become a runnable job still gets a job record saying why."""
+        job, created = self._jobs.create_job(Job(job_id=job_id, source="", bucket="", key="", error=reason))
+        if created or job.status == CREATING:
+            self._fail(job_id, reason)
+        return IntakeOutcome(job_id, created, reason)
+
+    def _fail(self, job_id: str, reason: str) -> None:
+        logger.warning("job failed at intake", extra={"job_id": job_id, "reason": reason})
+        self._jobs.fail_job(job_id, reason)
+        self._objects.put_json(
+            self._settings.bucket_name,
+            f"outputs/{job_id}/manifest.json",
+            {"job_id": job_id, "status": "FAILED", "error": reason},
+        )
+
+
+def group_spans(spans: Iterator[LineSpan], max_lines: int, max_bytes: int) -> Iterator[list[LineSpan]]:
+    """Consecutive lines packed into shards of at most `max_lines` lines and (unless one line is larger) `max_bytes`."""
+    group: list[LineSpan] = []
+    for span in spans:
+        if group and (len(group) == max_lines or span.end - group[0].start > max_bytes):
+            yield group
+            group = []
+        group.append(span)
+    if group:
+        yield group
+
+
+def _short_errors(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors()[:5]:
+        where = ".".join(str(p) for p in item["loc"]) or "message"
+        parts.append(f"{where}: {item['msg']}")
+    return "; ".join(parts)

@@ -1,0 +1,114 @@
+"""`sagebatch run`: the whole pipeline on one machine, no AWS account (moto + the endpoint emulator)."""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import boto3
+
+from sagebatch import service
+from sagebatch.adapters.jobs import COMPLETED, FAILED, JobStore
+from sagebatch.emulator.server import Emulator
+from sagebatch.finalize import manifest_key, results_key
+from sagebatch.intake import job_id_for
+from sagebatch.local.runner import EventSourcePoller
+from sagebatch.local.stack import REGION, LocalStack, use_fake_aws_environment
+
+FINAL_STATES = (COMPLETED, FAILED)
+
+
+@dataclass
+class LocalRun:
+    stack: LocalStack
+    poller: EventSourcePoller
+
+    @property
+    def jobs(self) -> JobStore:
+        return JobStore(boto3.client("dynamodb", region_name=REGION), self.stack.table)
+
+    def drop_file(self, data: bytes, key: str) -> str:
+        """Upload under the bucket's key (e.g. inputs/x.jsonl) and return the job id S3's notification will create."""
+        response = boto3.client("s3", region_name=REGION).put_object(Bucket=self.stack.bucket, Key=key, Body=data)
+        return job_id_for(f"s3://{self.stack.bucket}/{key}#{response.get('VersionId') or response['ETag']}")
+
+    def submit_job(self, spec: dict[str, Any]) -> str:
+        """Send a job message to the intake queue; returns its SQS message id."""
+        response = boto3.client("sqs", region_name=REGION).send_message(
+            QueueUrl=self.stack.queue_url("IntakeQueue"), MessageBody=json.dumps(spec)
+        )
+        return response["MessageId"]
+
+    def wait_for(self, job_id: str, timeout_s: float = 600) -> str:
+        def done() -> bool:
+            job = self.jobs.get_job(job_id)
+            return job is not None and job.status in FINAL_STATES
+
+        self.poller.run_until(done, timeout_s)
+        return self.jobs.get_job(job_id).status  # type: ignore[union-attr]
+
+    def drain(self, timeout_s: float = 600) -> None:
+        """Run until every queue is empty (and stays empty for one more round)."""
+        deadline = time.monotonic() + timeout_s
+        idle = 0
+        while idle < 3:
+            if time.monotonic() > deadline:
+                raise TimeoutError("queues did not drain")
+            idle = idle + 1 if self.poller.poll_once() == 0 else 0
+
+    def jobs_in_table(self) -> list[str]:
+        """Ids of every job item in the table (tests use it to prove no second job was made)."""
+        paginator = boto3.client("dynamodb", region_name=REGION).get_paginator("scan")
+        ids = []
+        for page in paginator.paginate(TableName=self.stack.table):
+            ids += [item["job_id"]["S"] for item in page["Items"] if item["sk"]["S"] == "META"]
+        return sorted(ids)
+
+    def read(self, key: str) -> bytes:
+        return boto3.client("s3", region_name=REGION).get_object(Bucket=self.stack.bucket, Key=key)["Body"].read()
+
+    def results(self, job_id: str) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.read(results_key(job_id)).splitlines()]
+
+    def manifest(self, job_id: str) -> dict[str, Any]:
+        return json.loads(self.read(manifest_key(job_id)))
+
+
+@contextmanager
+def local_stack(
+    template_path: Path | None = None,
+    parameters: dict[str, Any] | None = None,
+    emulator: Emulator | None = None,
+    parallel: int = 4,
+) -> Iterator[LocalRun]:
+    """Start moto, create the template's resources, start the emulator, point the handlers at them."""
+    from moto import mock_aws
+
+    use_fake_aws_environment()
+    with mock_aws():
+        stack = LocalStack(template_path, parameters, emulator).create()
+        try:
+            stack.apply_environment()
+            service.reset()
+            yield LocalRun(stack, EventSourcePoller(stack, parallel=parallel))
+        finally:
+            service.reset()
+            stack.stop()
+
+
+def run_file(path: Path, out_dir: Path, timeout_s: float = 600) -> dict[str, Any]:
+    """Drop FILE into the local stack's bucket, run the job to the end, copy its outputs to OUT_DIR."""
+    with local_stack() as run:
+        job_id = run.drop_file(path.read_bytes(), f"inputs/{path.name}")
+        status = run.wait_for(job_id, timeout_s)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        manifest = run.manifest(job_id)
+        (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        if status == COMPLETED:
+            (out_dir / "results.jsonl").write_bytes(run.read(results_key(job_id)))
+        manifest["_local"] = {"emulator_requests": run.stack.emulator_server.emulator.stats.requests}
+        return manifest

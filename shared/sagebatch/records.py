@@ -1,0 +1,181 @@
+"""RecordRunner: one input line in, one `ResultLine` out (or "try again later").
+
+Pure orchestration over injected collaborators: the tokenizer, the token budget and an
+`EndpointCaller`. Parsing, parameter fixing, fitting to the context and error typing live here;
+AWS does not.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Sequence
+
+from pydantic import ValidationError
+
+from sagebatch.budget import BudgetExceeded, TokenBudget
+from sagebatch.endpoint import EndpointCaller, EndpointError
+from sagebatch.fitting import (
+    Call,
+    CallResult,
+    ChatContent,
+    DocumentContent,
+    FitOptions,
+    PromptContent,
+    RawContent,
+    Strategy,
+    answer,
+)
+from sagebatch.models import (
+    ChatRecord,
+    DocumentRecord,
+    FitSettings,
+    InputRecord,
+    Parameters,
+    PromptRecord,
+    RecordError,
+    ResultLine,
+    Usage,
+    parse_record,
+)
+from sagebatch.parameters import InvalidParameters, normalize
+from sagebatch.prompt import PromptFormatError
+
+
+class RetryLater(Exception):
+    """A retryable endpoint failure outlived the caller's retries; the message should come back."""
+
+    def __init__(self, error: EndpointError):
+        super().__init__(error.message)
+        self.error = error
+
+
+def failed(line: int, record_id: Any, kind: str, message: str, usage: Usage | None = None) -> ResultLine:
+    return ResultLine(id=record_id, line=line, status="failed", error=RecordError(type=kind, message=message), usage=usage or Usage())
+
+
+def _content(record: InputRecord) -> PromptContent | ChatContent | RawContent | DocumentContent:
+    if isinstance(record, PromptRecord):
+        return PromptContent(text=record.prompt)
+    if isinstance(record, ChatRecord):
+        return ChatContent(messages=list(record.messages))
+    if isinstance(record, DocumentRecord):
+        return DocumentContent(instruction=record.instruction, document=record.document, system=record.system)
+    return RawContent(inputs=record.inputs)
+
+
+class RecordRunner:
+    def __init__(
+        self,
+        caller: EndpointCaller,
+        budget: TokenBudget,
+        tokenizer: Any,
+        default_max_new_tokens: int,
+        max_line_bytes: int,
+        call_pool: ThreadPoolExecutor,
+    ):
+        self._caller = caller
+        self._budget = budget
+        self._tokenizer = tokenizer
+        self._default_max_new_tokens = default_max_new_tokens
+        self._max_line_bytes = max_line_bytes
+        self._pool = call_pool
+
+    def run(self, line: int, raw: bytes, job_parameters: Parameters, job_fit: FitSettings | None) -> ResultLine:
+        """Answer one line. Raises RetryLater only for retryable endpoint failures."""
+        record_id: Any = line
+        if len(raw) > self._max_line_bytes:
+            return failed(line, record_id, "line_too_large", f"line is {len(raw)} bytes; the limit is {self._max_line_bytes}")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            return failed(line, record_id, "invalid_utf8", f"line is not UTF-8 text (byte {error.start})")
+        if not text.strip():
+            return failed(line, record_id, "empty_line", "blank line: expected a JSON object")
+        try:
+            data = json.loads(text)
+        except ValueError as error:
+            return failed(line, record_id, "invalid_json", f"line is not valid JSON: {error}")
+        if isinstance(data, dict) and data.get("id") is not None:
+            record_id = data["id"]
+        try:
+            record = parse_record(data)
+        except (ValidationError, ValueError) as error:
+            return failed(line, record_id, "invalid_record", _describe(error))
+        if record.id is not None:
+            record_id = record.id
+        try:
+            params, notes = normalize(record.parameters.over(job_parameters))
+        except InvalidParameters as error:
+            return failed(line, record_id, "invalid_parameters", str(error))
+        fit = record.fit or job_fit or FitSettings()
+        options = FitOptions(
+            strategy=Strategy(fit.strategy) if fit.strategy else None,
+            keep=fit.keep,
+            chunk_tokens=fit.chunk_tokens,
+            overlap_tokens=fit.overlap_tokens,
+        )
+        max_new_tokens = params.max_new_tokens or self._default_max_new_tokens
+        sent = params.model_dump(exclude_none=True, exclude={"max_new_tokens"})
+        started = time.monotonic()
+        try:
+            outcome = answer(
+                _content(record), max_new_tokens, options, self._budget, self._tokenizer,
+                lambda calls: self._generate(calls, sent),
+            )
+        except BudgetExceeded as error:
+            return failed(line, record_id, "context_length_exceeded", str(error))
+        except PromptFormatError as error:
+            return failed(line, record_id, "invalid_record", str(error))
+        except EndpointError as error:
+            if error.retryable:
+                raise RetryLater(error) from error
+            return failed(line, record_id, f"endpoint_{error.kind.value}", error.message)
+        return ResultLine(
+            id=record_id,
+            line=line,
+            status="succeeded",
+            output=outcome.output,
+            finish_reason=outcome.finish_reason,
+            usage=Usage(input_tokens=outcome.input_tokens, output_tokens=outcome.output_tokens),
+            strategy=outcome.strategy.value if outcome.strategy else None,
+            chunks=outcome.chunks,
+            truncated=outcome.truncated,
+            max_new_tokens=outcome.max_new_tokens,
+            max_new_tokens_lowered=outcome.max_new_tokens_lowered,
+            chunk_outputs=outcome.chunk_outputs,
+            latency_ms=round((time.monotonic() - started) * 1000, 1),
+            notes=notes or None,
+            calls=outcome.calls,
+        )
+
+    def _generate(self, calls: Sequence[Call], parameters: dict[str, Any]) -> list[CallResult]:
+        """Run one stage's calls concurrently; every call goes through the same caller and limiter."""
+
+        def one(call: Call) -> CallResult:
+            payload = {
+                "inputs": call.inputs,
+                "parameters": {
+                    **parameters,
+                    "max_new_tokens": call.max_new_tokens,
+                    "return_full_text": False,
+                    "details": True,
+                },
+            }
+            generation = self._caller.invoke(payload, cost_tokens=call.input_tokens)
+            return CallResult(text=generation.text, generated_tokens=generation.generated_tokens, finish_reason=generation.finish_reason)
+
+        if len(calls) == 1:
+            return [one(calls[0])]
+        return list(self._pool.map(one, calls))
+
+
+def _describe(error: Exception) -> str:
+    if isinstance(error, ValidationError):
+        parts = []
+        for item in error.errors()[:5]:
+            where = ".".join(str(p) for p in item["loc"]) or "record"
+            parts.append(f"{where}: {item['msg']}")
+        return "; ".join(parts)
+    return str(error)

@@ -1,0 +1,123 @@
+"""ShardProcessor: run one work shard's records through the endpoint, store each result once, count the shard once.
+
+Idempotent on business keys (job id + line), not SQS message ids: results already stored by an
+earlier delivery are reused, never regenerated, and the job's counters move only when the
+shard's marker item is created.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable
+
+from sagebatch.adapters.jobs import RUNNING, CREATING, JobStore, ShardCounts
+from sagebatch.adapters.objects import InputUnreadable, ObjectInfo, ObjectStore
+from sagebatch.adapters.queues import MessageSender
+from sagebatch.models import FinalizeRequest, ResultLine, Shard
+from sagebatch.observability import logger
+from sagebatch.records import RecordRunner, RetryLater, failed
+
+
+@dataclass(frozen=True)
+class ShardOutcome:
+    stored: int  # results stored by this delivery
+    reused: int  # results found from an earlier delivery
+    pending: int  # records to retry on a later delivery
+    finalize_sent: bool = False
+
+
+class ShardIncomplete(Exception):
+    """Some records hit retryable endpoint failures; the message must come back."""
+
+
+class ShardProcessor:
+    def __init__(
+        self,
+        jobs: JobStore,
+        objects: ObjectStore,
+        finalize: MessageSender,
+        runner: RecordRunner,
+        record_pool: ThreadPoolExecutor,
+    ):
+        self._jobs = jobs
+        self._objects = objects
+        self._finalize = finalize
+        self._runner = runner
+        self._pool = record_pool
+
+    def process(self, shard: Shard, final_attempt: bool = False, keep_going: Callable[[], bool] = lambda: True) -> ShardOutcome:
+        """Process the shard. On `final_attempt`, retryable failures are stored as failed results instead of retried."""
+        job = self._jobs.get_job(shard.job_id)
+        if job is None or job.status not in (CREATING, RUNNING):
+            logger.info("shard of a job that is not running", extra={"job_id": shard.job_id, "shard": shard.shard})
+            return ShardOutcome(0, 0, 0)
+        if self._jobs.shard_done(shard.job_id, shard.shard):
+            return ShardOutcome(0, shard.lines, 0)
+
+        last_line = shard.first_line + shard.lines - 1
+        known = {r.line: r for r in self._jobs.results(shard.job_id, shard.first_line, last_line)}
+        try:
+            lines = self._lines(shard)
+        except InputUnreadable as error:
+            # The input changed or vanished after intake: each line fails with the reason, none is lost.
+            lines = []
+            for line in range(shard.first_line, last_line + 1):
+                if line not in known:
+                    known[line] = failed(line, line, "input_unreadable", str(error))
+                    self._jobs.put_result(shard.job_id, known[line])
+        todo = [(line, raw) for line, raw in lines if line not in known]
+
+        def run_one(item: tuple[int, bytes]) -> ResultLine | None:
+            line, raw = item
+            if not keep_going():
+                return None
+            try:
+                return self._runner.run(line, raw, job.parameters, job.fit)
+            except RetryLater as error:
+                if final_attempt:
+                    return failed(line, line, f"endpoint_{error.error.kind.value}", f"gave up after retries: {error.error.message}")
+                return None
+
+        stored = 0
+        pending = 0
+        for result in self._pool.map(run_one, todo):
+            if result is None:
+                pending += 1
+                continue
+            if self._jobs.put_result(shard.job_id, result):
+                stored += 1
+            known[result.line] = result
+        if pending:
+            raise ShardIncomplete(f"{pending} of {shard.lines} records of shard {shard.shard} must be retried")
+
+        counts = ShardCounts()
+        for result in known.values():
+            if result.status == "succeeded":
+                counts.succeeded += 1
+            else:
+                counts.failed += 1
+            counts.input_tokens += result.usage.input_tokens
+            counts.output_tokens += result.usage.output_tokens
+            counts.endpoint_calls += result.calls
+        self._jobs.complete_shard(shard.job_id, shard.shard, counts)
+        finalize_sent = False
+        if self._jobs.try_begin_finalize(shard.job_id):
+            self._finalize.send(FinalizeRequest(job_id=shard.job_id))
+            finalize_sent = True
+        logger.info(
+            "shard done",
+            extra={"job_id": shard.job_id, "shard": shard.shard, "stored": stored, "reused": shard.lines - len(todo)},
+        )
+        return ShardOutcome(stored, shard.lines - len(todo), 0, finalize_sent)
+
+    def _lines(self, shard: Shard) -> list[tuple[int, bytes]]:
+        """The shard's lines (without newline) numbered from `first_line`."""
+        info = ObjectInfo(shard.bucket, shard.key, shard.version_id, shard.etag or "", shard.end)
+        data = self._objects.read_range(info, shard.start, shard.end)
+        pieces = data.split(b"\n")
+        if data.endswith(b"\n"):
+            pieces.pop()
+        if len(pieces) != shard.lines:
+            raise ValueError(f"shard {shard.shard} expected {shard.lines} lines, read {len(pieces)}")
+        return [(shard.first_line + i, piece.rstrip(b"\r")) for i, piece in enumerate(pieces)]

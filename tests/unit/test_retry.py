@@ -1,0 +1,109 @@
+"""Unit tests for the retry policy: injected RNG, no sleeping."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sagebatch.endpoint import EndpointError, ErrorKind
+from sagebatch.retry import RetryBudget, RetryPolicy
+
+
+def error(kind: ErrorKind) -> EndpointError:
+    return EndpointError(kind, kind.value)
+
+
+def generous_policy(**overrides) -> RetryPolicy:
+    return RetryPolicy(**{"budget": RetryBudget(initial=100.0), "rng": lambda: 0.5, **overrides})
+
+
+@pytest.mark.parametrize("kind", [ErrorKind.VALIDATION, ErrorKind.CLIENT_ERROR, ErrorKind.PAYLOAD_TOO_LARGE])
+def test_never_retries_validation_or_client_errors(kind):
+    # Given a fresh call with plenty of budget
+    tracker = generous_policy().begin()
+    # When the first attempt fails with a non-retryable kind
+    decision = tracker.on_error(error(kind))
+    # Then it is not retried
+    assert not decision.retry
+
+
+def test_does_not_retry_unknown_exceptions():
+    # Given a fresh call
+    tracker = generous_policy().begin()
+    # When something that is not an EndpointError is raised
+    # Then it is not retried
+    assert not tracker.on_error(RuntimeError("bug")).retry
+
+
+@pytest.mark.parametrize(
+    "kind", [ErrorKind.OVERLOADED, ErrorKind.SERVER_ERROR, ErrorKind.THROTTLED, ErrorKind.NOT_READY, ErrorKind.TIMEOUT]
+)
+def test_retries_retryable_kinds(kind):
+    # Given a fresh call
+    tracker = generous_policy().begin()
+    # When the first attempt fails with a retryable kind
+    decision = tracker.on_error(error(kind))
+    # Then it is retried after a backoff
+    assert decision.retry
+    assert decision.delay_s == pytest.approx(0.5)
+
+
+def test_timeout_is_retried_at_most_once():
+    # Given a call whose first attempt timed out and was retried
+    tracker = generous_policy().begin()
+    assert tracker.on_error(error(ErrorKind.TIMEOUT)).retry
+    # When the retry times out as well
+    decision = tracker.on_error(error(ErrorKind.TIMEOUT))
+    # Then there is no third generation
+    assert not decision.retry
+    assert decision.reason == "timeout retries exhausted"
+
+
+def test_stops_after_max_attempts():
+    # Given a policy of 4 attempts
+    tracker = generous_policy(max_attempts=4).begin()
+    # When every attempt is overloaded
+    decisions = [tracker.on_error(error(ErrorKind.OVERLOADED)) for _ in range(4)]
+    # Then three retries are allowed and the fourth failure is final
+    assert [d.retry for d in decisions] == [True, True, True, False]
+
+
+@given(retry_number=st.integers(min_value=1, max_value=30), u=st.floats(min_value=0.0, max_value=0.999999))
+def test_full_jitter_stays_between_zero_and_the_capped_exponential(retry_number, u):
+    # Given full jitter with base 1 s and cap 20 s, and any RNG draw
+    policy = RetryPolicy(base_s=1.0, cap_s=20.0, rng=lambda: u)
+    # When the wait before a retry is computed
+    delay = policy.backoff_s(retry_number)
+    # Then it lies in [0, min(20, 2^(n-1))]
+    assert 0.0 <= delay <= min(20.0, 2.0 ** (retry_number - 1))
+
+
+def test_full_jitter_ceiling_doubles_then_caps():
+    # Given an RNG that always draws its maximum
+    policy = RetryPolicy(base_s=1.0, cap_s=20.0, rng=lambda: 1.0)
+    # When the waits for retries 1..7 are computed
+    # Then they are 1, 2, 4, 8, 16, 20, 20
+    assert [policy.backoff_s(n) for n in range(1, 8)] == [1, 2, 4, 8, 16, 20, 20]
+
+
+def test_retry_budget_exhausts_and_fails_fast():
+    # Given a budget of 2 initial tokens and 10 % deposits
+    policy = RetryPolicy(budget=RetryBudget(ratio=0.1, initial=2.0), rng=lambda: 0.0)
+    # When 5 calls each hit a 429 on their first attempt (5 deposits = +0.5 tokens)
+    decisions = [policy.begin().on_error(error(ErrorKind.OVERLOADED)) for _ in range(5)]
+    # Then only 2 are retried, the rest fail fast
+    assert [d.retry for d in decisions] == [True, True, False, False, False]
+    assert decisions[-1].reason == "retry budget exhausted"
+
+
+def test_retry_budget_refills_with_new_calls():
+    # Given an empty budget with 10 % deposits
+    budget = RetryBudget(ratio=0.1, initial=0.0)
+    assert not budget.try_withdraw()
+    # When ten new calls are made
+    for _ in range(10):
+        budget.deposit()
+    # Then one retry is available again
+    assert budget.try_withdraw()
+    assert not budget.try_withdraw()
