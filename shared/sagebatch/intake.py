@@ -41,6 +41,12 @@ class S3Drop:
     version_id: str | None
     etag: str | None
 
+    @property
+    def job_id(self) -> str:
+        """The same object version always maps to the same job, however often S3 notifies."""
+        version = self.version_id or (self.etag or "").strip('"')
+        return job_id_for(f"s3://{self.bucket}/{self.key}#{version}")
+
 
 def job_id_for(identity: str) -> str:
     return str(uuid.uuid5(_JOB_NAMESPACE, identity))
@@ -93,8 +99,7 @@ class Intake:
         return [self.submit_job(body, message_id)]
 
     def submit_s3_drop(self, drop: S3Drop) -> IntakeOutcome:
-        identity = f"s3://{drop.bucket}/{drop.key}#{drop.version_id or drop.etag or ''}"
-        job_id = job_id_for(identity)
+        job_id = drop.job_id
         job = Job(job_id=job_id, source=f"s3://{drop.bucket}/{drop.key}", bucket=drop.bucket, key=drop.key, version_id=drop.version_id)
         return self._start(job)
 

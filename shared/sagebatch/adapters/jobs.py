@@ -71,7 +71,8 @@ def _rec_sk(line: int) -> str:
 
 
 def _to_item(values: dict[str, Any]) -> dict[str, Any]:
-    return {k: _SER.serialize(v) for k, v in values.items() if v is not None}
+    # DynamoDB numbers are decimals; boto3 refuses floats (timestamps are floats here).
+    return {k: _SER.serialize(Decimal(str(v)) if isinstance(v, float) else v) for k, v in values.items() if v is not None}
 
 
 def _from_item(item: dict[str, Any]) -> dict[str, Any]:

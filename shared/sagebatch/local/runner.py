@@ -42,6 +42,10 @@ class LambdaContext:
         return max(0, int((self.timeout_s - (time.monotonic() - self.started)) * 1000))
 
 
+class PipelineStalled(RuntimeError):
+    """Nothing is left to deliver, yet what the caller waits for has not happened."""
+
+
 @dataclass
 class PollStats:
     invocations: int = 0
@@ -100,12 +104,32 @@ class EventSourcePoller:
         return handled
 
     def run_until(self, done: Callable[[], bool], timeout_s: float = 600) -> None:
+        """Poll until `done()`. Raises `PipelineStalled` when every queue is empty and `done()` still is not true
+        (e.g. the message went to a DLQ), instead of waiting out the timeout."""
         deadline = time.monotonic() + timeout_s
+        idle_rounds = 0
         while not done():
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the local stack did not finish within {timeout_s} s")
-            if self.poll_once() == 0:
-                time.sleep(0.05)
+            if self.poll_once() > 0:
+                idle_rounds = 0
+                continue
+            idle_rounds += 1
+            if idle_rounds >= 20 and self._all_source_queues_empty():
+                if done():
+                    return
+                raise PipelineStalled(f"every queue is empty but the job is not finished; dead-letter queues: {dlq_depths(self.stack)}")
+            time.sleep(0.05)
+
+    def _all_source_queues_empty(self) -> bool:
+        for trigger in self.triggers:
+            attrs = self._sqs.get_queue_attributes(
+                QueueUrl=self.stack.queue_url(trigger.queue),
+                AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+            )["Attributes"]
+            if int(attrs["ApproximateNumberOfMessages"]) or int(attrs["ApproximateNumberOfMessagesNotVisible"]):
+                return False
+        return True
 
     def _receive_batches(self, trigger: SqsTrigger) -> list[list[dict[str, Any]]]:
         limit = min(self.parallel, trigger.max_concurrency or self.parallel)

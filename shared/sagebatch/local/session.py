@@ -15,7 +15,7 @@ from sagebatch import service
 from sagebatch.adapters.jobs import COMPLETED, FAILED, JobStore
 from sagebatch.emulator.server import Emulator
 from sagebatch.finalize import manifest_key, results_key
-from sagebatch.intake import job_id_for
+from sagebatch.intake import S3Drop
 from sagebatch.local.runner import EventSourcePoller
 from sagebatch.local.stack import REGION, LocalStack, use_fake_aws_environment
 
@@ -34,7 +34,9 @@ class LocalRun:
     def drop_file(self, data: bytes, key: str) -> str:
         """Upload under the bucket's key (e.g. inputs/x.jsonl) and return the job id S3's notification will create."""
         response = boto3.client("s3", region_name=REGION).put_object(Bucket=self.stack.bucket, Key=key, Body=data)
-        return job_id_for(f"s3://{self.stack.bucket}/{key}#{response.get('VersionId') or response['ETag']}")
+        # moto's notifications carry no versionId (aws-reliability.md, trap 2), so intake keys the job on the
+        # ETag here; on AWS the notification's versionId is used.
+        return S3Drop(self.stack.bucket, key, version_id=None, etag=response["ETag"]).job_id
 
     def submit_job(self, spec: dict[str, Any]) -> str:
         """Send a job message to the intake queue; returns its SQS message id."""
