@@ -51,7 +51,7 @@ class FitSettings(BaseModel):
 
     strategy: Literal["truncate", "split", "map_reduce", "window", "reject"] | None = None
     keep: Literal["head", "tail"] = "head"
-    chunk_tokens: int | None = Field(None, ge=64)
+    chunk_tokens: int | None = Field(None, ge=32)
     overlap_tokens: int = Field(64, ge=0)
 
 
