@@ -100,6 +100,9 @@ class Intake:
 
     def submit_s3_drop(self, drop: S3Drop) -> IntakeOutcome:
         job_id = drop.job_id
+        # Anyone who may send to the intake queue can forge a notification: check its bucket like a job's input.
+        if not self._settings.allows_input(drop.bucket, drop.key):
+            return self._reject(job_id, self._not_allowed(drop.bucket, drop.key))
         job = Job(job_id=job_id, source=f"s3://{drop.bucket}/{drop.key}", bucket=drop.bucket, key=drop.key, version_id=drop.version_id)
         return self._start(job)
 
@@ -122,6 +125,8 @@ class Intake:
                 self._objects.put_bytes(bucket, key, payload.encode("utf-8"))
         else:
             bucket, key = spec.bucket_and_key
+            if not self._settings.allows_input(bucket, key):
+                return self._reject(job_id, self._not_allowed(bucket, key))
         job = Job(
             job_id=job_id,
             source=f"s3://{bucket}/{key}",
@@ -169,6 +174,10 @@ class Intake:
 
         self._work.send_all(shard_messages())
         return lines, shards
+
+    def _not_allowed(self, bucket: str, key: str) -> str:
+        allowed = ", ".join(self._settings.allowed_input_uris)
+        return f"input s3://{bucket}/{key} is outside the allowed input locations ({allowed}); see AllowedInputLocations"
 
     def _reject(self, job_id: str, reason: str) -> IntakeOutcome:
         """A submission that cannot become a runnable job still gets a job record saying why."""

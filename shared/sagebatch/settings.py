@@ -2,10 +2,39 @@
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
+from typing import Annotated, Any
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# s3://bucket/prefix, as template.yaml's AllowedInputLocations pattern allows it (the prefix may be empty).
+# No wildcards: the template turns each entry into an IAM resource ARN.
+_LOCATION = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.-]{1,61}[a-z0-9])/(?P<prefix>[^,*?\s]*)$")
+
+
+class InputLocation(BaseModel):
+    """An S3 location job messages may read from: a bucket and a plain key prefix (as IAM matches it)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    bucket: str
+    prefix: str = ""
+
+    @classmethod
+    def parse(cls, uri: str) -> "InputLocation":
+        match = _LOCATION.match(uri)
+        if match is None:
+            raise ValueError(f"allowed input location {uri!r} is not s3://bucket/prefix (no spaces or wildcards)")
+        return cls(bucket=match["bucket"], prefix=match["prefix"])
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+    def contains(self, bucket: str, key: str) -> bool:
+        return bucket == self.bucket and key.startswith(self.prefix)
 
 
 class Settings(BaseSettings):
@@ -33,6 +62,30 @@ class Settings(BaseSettings):
     shard_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     max_line_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     job_ttl_days: int = Field(30, ge=1)
+
+    # Where job messages may point their `input`, besides this stack's own bucket (always allowed).
+    # The environment holds template.yaml's AllowedInputLocations verbatim: comma-separated s3://bucket/prefix.
+    allowed_input_locations: Annotated[tuple[InputLocation, ...], NoDecode] = ()
+
+    @field_validator("allowed_input_locations", mode="before")
+    @classmethod
+    def _parse_locations(cls, value: Any) -> Any:
+        if value is None:
+            return ()
+        items = value.split(",") if isinstance(value, str) else value
+        return tuple(
+            item if isinstance(item, InputLocation) else InputLocation.parse(str(item).strip())
+            for item in items
+            if isinstance(item, InputLocation) or str(item).strip()
+        )
+
+    def allows_input(self, bucket: str, key: str) -> bool:
+        """May a job read s3://bucket/key? Anything in the stack's bucket, else only under an allowed location."""
+        return bucket == self.bucket_name or any(location.contains(bucket, key) for location in self.allowed_input_locations)
+
+    @property
+    def allowed_input_uris(self) -> list[str]:
+        return [f"s3://{self.bucket_name}/"] + [location.uri for location in self.allowed_input_locations]
 
     @property
     def calls_in_flight_per_worker(self) -> int:
