@@ -4,6 +4,9 @@ boto3 reaches it through `endpoint_url`: `POST /endpoints/<name>/invocations`. E
 way SageMaker wraps them (protocol.md 7.3-7.4): container errors as HTTP 424 `ModelError` with
 `OriginalStatusCode`/`OriginalMessage` and the `x-amzn-ErrorType` header, so botocore raises the
 same exception classes it raises against AWS.
+
+`EmulatorConfig` is what the CLI builds from its flags: fault knobs (`FaultConfig`), the calibrated performance
+model, or proxy mode (emulator/proxy.py), where a real TGI or OpenAI-compatible server plays the container.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from sagebatch.emulator.proxy import Proxy, ProxyConfig
 from sagebatch.emulator.tgi import TgiError, TgiLimits, deterministic_completion, render_response, validate
 
 _INVOKE_PATH = re.compile(r"^/endpoints/(?P<name>[^/]+)/invocations$")
@@ -25,7 +29,12 @@ _ACCOUNT = "123456789012"
 
 @dataclass(frozen=True)
 class FaultConfig:
-    """Probabilities of injected faults per request (0 = never)."""
+    """Probabilities of injected faults per request (0 = never).
+
+    One random draw per request picks at most one outcome, so the four rates must add up to at most 1.
+    The three errors are answered before admission (SageMaker-side, or an immediate container failure);
+    a slow request is admitted first and holds its admission slot while it sleeps, like a slow generation.
+    """
 
     server_error: float = 0.0  # container 5xx -> ModelError(OriginalStatusCode 500)
     throttling: float = 0.0  # SageMaker ThrottlingException (HTTP 400)
@@ -33,6 +42,16 @@ class FaultConfig:
     slow: float = 0.0  # add `slow_seconds` before answering
     slow_seconds: float = 2.0
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        rates = {"5xx": self.server_error, "throttling": self.throttling, "not-ready": self.not_ready, "slow": self.slow}
+        for name, rate in rates.items():
+            if not 0.0 <= rate <= 1.0:
+                raise ValueError(f"fault rate {name} must be within [0, 1], not {rate}")
+        if sum(rates.values()) > 1.0 + 1e-9:
+            raise ValueError(f"fault rates must add up to at most 1, not {sum(rates.values()):g}")
+        if self.slow_seconds < 0:
+            raise ValueError("slow_seconds must be >= 0")
 
 
 @dataclass
@@ -43,6 +62,8 @@ class EmulatorStats:
     overloaded: int = 0
     timeouts: int = 0
     injected_faults: int = 0
+    slowed: int = 0
+    upstream_errors: int = 0  # proxy mode: non-2xx, unreachable or timed-out upstream answers
     max_in_flight: int = 0
     in_flight: int = 0
 
@@ -57,11 +78,15 @@ class Emulator:
         faults: FaultConfig = FaultConfig(),
         scheduler: Any = None,
         max_concurrent_requests: int = 128,
+        proxy: ProxyConfig | None = None,
     ):
+        if proxy is not None and scheduler is not None:
+            raise ValueError("proxy mode and the performance model cannot be combined: the upstream sets the timing")
         self.endpoint_name = endpoint_name
         self.limits = limits
         self.faults = faults
         self.scheduler = scheduler  # sagebatch.emulator.perf.TgiScheduler, or None to answer at once
+        self.proxy = Proxy(proxy) if proxy is not None else None  # a real server plays the container
         self.max_concurrent_requests = max_concurrent_requests
         self.stats = EmulatorStats()
         self._lock = threading.Lock()
@@ -77,14 +102,18 @@ class Emulator:
         fault = self._injected_fault(roll)
         if fault is not None:
             return fault
+        slow = self._is_slow(roll)
         with self._lock:
-            if self.scheduler is None and self.stats.in_flight >= self.max_concurrent_requests:
+            if self.scheduler is None and self.stats.in_flight >= self.max_concurrent_requests:  # else the scheduler admits
                 self.stats.overloaded += 1
                 return _model_error(self.endpoint_name, 429, {"error": "Model is overloaded", "error_type": "overloaded"})
             self.stats.in_flight += 1
             self.stats.max_in_flight = max(self.stats.max_in_flight, self.stats.in_flight)
         try:
-            return self._generate(raw_body)
+            if self.proxy is not None:
+                self._sleep_if(slow)
+                return self._forward(raw_body)
+            return self._generate(raw_body, slow)
         finally:
             with self._lock:
                 self.stats.in_flight -= 1
@@ -103,11 +132,35 @@ class Emulator:
                 with self._lock:
                     self.stats.injected_faults += 1
                 return make()
-        if roll < edge + f.slow:
-            time.sleep(f.slow_seconds)
         return None
 
-    def _generate(self, raw_body: bytes) -> tuple[int, dict[str, str], bytes]:
+    def _is_slow(self, roll: float) -> bool:
+        f = self.faults
+        edge = f.server_error + f.throttling + f.not_ready
+        return edge <= roll < edge + f.slow
+
+    def _sleep_if(self, slow: bool) -> None:
+        if slow:
+            with self._lock:
+                self.stats.slowed += 1
+            time.sleep(self.faults.slow_seconds)
+
+    def _forward(self, raw_body: bytes) -> tuple[int, dict[str, str], bytes]:
+        """Proxy mode: the upstream answers as the container; wrap its errors as SageMaker does."""
+        assert self.proxy is not None
+        status, body = self.proxy.invoke(raw_body)
+        if status == 200:
+            with self._lock:
+                self.stats.succeeded += 1
+            return 200, {"Content-Type": "application/json"}, body.encode()
+        with self._lock:
+            self.stats.upstream_errors += 1
+            self.stats.timeouts += status == 0
+        if status == 0:  # no answer within the proxy timeout: SageMaker's own timeout error
+            return _timeout_error(self.endpoint_name)
+        return _model_error(self.endpoint_name, status, body)
+
+    def _generate(self, raw_body: bytes, slow: bool = False) -> tuple[int, dict[str, str], bytes]:
         permit = None
         if self.scheduler is not None:
             from sagebatch.emulator.perf import Overloaded
@@ -119,6 +172,7 @@ class Emulator:
                     self.stats.overloaded += 1
                 return _model_error(self.endpoint_name, 429, {"error": "Model is overloaded", "error_type": "overloaded"})
         try:
+            self._sleep_if(slow)
             try:
                 body = json.loads(raw_body)
             except ValueError as error:
@@ -226,7 +280,9 @@ class EmulatorServer:
         self._server = ThreadingHTTPServer((host, port), handler)
         self._server.daemon_threads = True
         self._server.request_queue_size = 256
-        self._thread = threading.Thread(target=self._server.serve_forever, name="emulator", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="emulator", daemon=True
+        )
 
     @property
     def url(self) -> str:
@@ -248,3 +304,40 @@ class EmulatorServer:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+@dataclass(frozen=True)
+class EmulatorConfig:
+    """How to build the emulator, whatever starts it (`sagebatch emulator`, `sagebatch run`, tests).
+
+    `perf` and `proxy` exclude each other: in proxy mode the upstream's own speed is the timing.
+    `max_concurrent_requests` is TGI's admission limit (MAX_CONCURRENT_REQUESTS), in every mode.
+    """
+
+    faults: FaultConfig = FaultConfig()
+    proxy: ProxyConfig | None = None
+    perf: bool = False
+    time_scale: float = 1.0
+    max_concurrent_requests: int = 128
+
+    def __post_init__(self) -> None:
+        if self.perf and self.proxy is not None:
+            raise ValueError("the performance model (--perf) and proxy mode (--proxy) cannot be combined")
+        if self.time_scale <= 0:
+            raise ValueError("time_scale must be > 0")
+        if self.max_concurrent_requests < 1:
+            raise ValueError("max_concurrent_requests must be >= 1")
+
+    def build(self, endpoint_name: str) -> Emulator:
+        scheduler = None
+        if self.perf:
+            from sagebatch.emulator.perf import TgiScheduler
+
+            scheduler = TgiScheduler(time_scale=self.time_scale, max_concurrent_requests=self.max_concurrent_requests)
+        return Emulator(
+            endpoint_name=endpoint_name,
+            faults=self.faults,
+            scheduler=scheduler,
+            max_concurrent_requests=self.max_concurrent_requests,
+            proxy=self.proxy,
+        )

@@ -13,11 +13,12 @@ import boto3
 
 from sagebatch import service
 from sagebatch.adapters.jobs import COMPLETED, FAILED, JobStore
-from sagebatch.emulator.server import Emulator
+from sagebatch.emulator.server import Emulator, EmulatorConfig
 from sagebatch.finalize import manifest_key, results_key
 from sagebatch.intake import S3Drop
 from sagebatch.local.runner import EventSourcePoller
 from sagebatch.local.stack import REGION, LocalStack, use_fake_aws_environment
+from sagebatch.local.template import default_template_path, load_template
 
 FINAL_STATES = (COMPLETED, FAILED)
 
@@ -84,12 +85,18 @@ class LocalRun:
 def local_stack(
     template_path: Path | None = None,
     parameters: dict[str, Any] | None = None,
-    emulator: Emulator | None = None,
+    emulator: Emulator | EmulatorConfig | None = None,
     parallel: int = 4,
 ) -> Iterator[LocalRun]:
-    """Start moto, create the template's resources, start the emulator, point the handlers at them."""
+    """Start moto, create the template's resources, start the emulator, point the handlers at them.
+
+    `emulator` is a ready `Emulator`, or an `EmulatorConfig` (faults, perf model, proxy) to build one for the
+    template's endpoint name; None is the plain emulator.
+    """
     from moto import mock_aws
 
+    if isinstance(emulator, EmulatorConfig):
+        emulator = emulator.build(_endpoint_name(template_path, parameters))
     use_fake_aws_environment()
     with mock_aws():
         stack = LocalStack(template_path, parameters, emulator).create()
@@ -102,9 +109,20 @@ def local_stack(
             stack.stop()
 
 
-def run_file(path: Path, out_dir: Path, timeout_s: float = 600) -> dict[str, Any]:
-    """Drop FILE into the local stack's bucket, run the job to the end, copy its outputs to OUT_DIR."""
-    with local_stack() as run:
+def _endpoint_name(template_path: Path | None, parameters: dict[str, Any] | None) -> str:
+    """The EndpointName the stack will use, resolved as LocalStack does: override, else the template default."""
+    if parameters and "EndpointName" in parameters:
+        return str(parameters["EndpointName"])
+    template = load_template(template_path or default_template_path())
+    return str(template["Parameters"]["EndpointName"]["Default"])
+
+
+def run_file(path: Path, out_dir: Path, timeout_s: float = 600, emulator: EmulatorConfig | None = None) -> dict[str, Any]:
+    """Drop FILE into the local stack's bucket, run the job to the end, copy its outputs to OUT_DIR.
+
+    `emulator` configures the endpoint emulator (fault knobs, perf model, proxy to a real model server).
+    """
+    with local_stack(emulator=emulator) as run:
         job_id = run.drop_file(path.read_bytes(), f"inputs/{path.name}")
         status = run.wait_for(job_id, timeout_s)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -112,5 +130,10 @@ def run_file(path: Path, out_dir: Path, timeout_s: float = 600) -> dict[str, Any
         (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         if status == COMPLETED:
             (out_dir / "results.jsonl").write_bytes(run.read(results_key(job_id)))
-        manifest["_local"] = {"emulator_requests": run.stack.emulator_server.emulator.stats.requests}
+        stats = run.stack.emulator_server.emulator.stats
+        manifest["_local"] = {
+            "emulator_requests": stats.requests,
+            "emulator_injected_faults": stats.injected_faults,
+            "emulator_slowed": stats.slowed,
+        }
         return manifest
