@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TOOLS_STAMP := $(TOOLS)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test unit tooling bench clean setup
+.PHONY: run test unit tooling bench bench-tokenize bench-calibration bench-saturation clean setup
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,9 +35,16 @@ test: $(STAMP) $(TOOLS_STAMP)
 unit: $(STAMP)
 	$(PY) -m pytest -q tests/unit
 
-bench: $(STAMP)
-	$(PY) bench/tokenize.py
-	$(PY) bench/calibration.py
+## make bench: all three benchmarks (about 5 min on 2 cores); or one at a time with the targets below
+bench: bench-tokenize bench-calibration bench-saturation
+
+bench-tokenize: $(STAMP)
+	$(PY) bench/tokenize.py | tee bench/results/tokenize.txt
+
+bench-calibration: $(STAMP)
+	$(PY) bench/calibration.py --check
+
+bench-saturation: $(STAMP)
 	$(PY) bench/saturation.py
 
 clean:

@@ -24,11 +24,16 @@ load that the reference's discrete-event model used for its timeout counts.
 
 from __future__ import annotations
 
+import os
+import sys
+
+# bench/ holds tokenize.py, named like the standard library module; running a script from bench/ puts the folder
+# first on sys.path, where it would shadow `tokenize` for everything imported below (dataclasses -> inspect).
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != os.path.dirname(os.path.abspath(__file__))]
+
 import argparse
-import json
 import math
 import statistics
-import sys
 import threading
 import time
 from dataclasses import dataclass, field

@@ -1,7 +1,10 @@
-"""The `sagebatch` command: run a file through the local stack, or serve the endpoint emulator alone.
+"""The `sagebatch` command: run a file through the local stack, or serve the endpoint emulator alone; and control
+the jobs of a deployed stack (cancel, retry, status, redrive a dead-letter queue).
 
-Both commands take the same emulator options: fault knobs (`--fault-*`), the calibrated performance model
+`run` and `emulator` take the same emulator options: fault knobs (`--fault-*`), the calibrated performance model
 (`--perf`), or proxy mode (`--proxy URL`), where a real TGI or OpenAI-compatible server writes the text.
+The job-control commands use the AWS credentials and region of the environment (the region defaults to the
+queue URL's); see docs/operations.md.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from sagebatch.emulator.proxy import DEFAULT_TIMEOUT_S, KINDS, Proxy, ProxyConfig, UpstreamError
 from sagebatch.emulator.server import EmulatorConfig, FaultConfig
@@ -47,6 +51,66 @@ def _run(args: argparse.Namespace) -> int:
           f"{local['emulator_slowed']} slowed")
     print(f"  results   {Path(args.out) / 'results.jsonl'}")
     print(f"  manifest  {Path(args.out) / 'manifest.json'}")
+    return 0
+
+
+def _aws(service: str, region: str | None) -> Any:
+    import boto3
+
+    return boto3.client(service, region_name=region)
+
+
+def _send_control(args: argparse.Namespace, request: Any) -> None:
+    from sagebatch.adapters.queues import MessageSender, region_of_queue_url
+
+    MessageSender(_aws("sqs", args.region or region_of_queue_url(args.queue_url)), args.queue_url).send(request)
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    from sagebatch.models import CancelRequest
+
+    _send_control(args, CancelRequest(action="cancel", job_id=args.job_id))
+    print(f"cancel sent for job {args.job_id}: if it is still running, records not started yet end as 'cancelled' "
+          f"(no effect on a finished job; see `sagebatch status {args.job_id} --table <TableName>`)")
+    return 0
+
+
+def _retry(args: argparse.Namespace) -> int:
+    from sagebatch.intake import retry_job_id
+    from sagebatch.models import RetryRequest
+
+    request = RetryRequest(action="retry", job_id=args.job_id, client_token=args.client_token, deadline_s=args.deadline)
+    _send_control(args, request)
+    print(f"retry sent for job {args.job_id}: the records that did not succeed run again as job "
+          f"{retry_job_id(args.job_id, args.client_token)}")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from sagebatch.adapters.jobs import JobStore
+    from sagebatch.control import describe
+
+    job = JobStore(_aws("dynamodb", args.region), args.table).get_job(args.job_id)
+    if job is None:
+        print(f"no job {args.job_id} in table {args.table} (a refused retry creates none: see the intake log)", file=sys.stderr)
+        return 1
+    print("\n".join(describe(job)))
+    return 0
+
+
+def _redrive(args: argparse.Namespace) -> int:
+    from sagebatch.adapters.queues import DeadLetterQueues, region_of_queue_url
+    from sagebatch.control import redrive
+
+    queues = DeadLetterQueues(_aws("sqs", args.region or region_of_queue_url(args.queue_url)))
+    outcome = redrive(queues, args.queue_url, args.to, copy=args.copy)
+    if outcome.note:
+        print(outcome.note)
+    if outcome.method == "move-task":
+        print(f"message move task started ({outcome.task_handle}); follow it with "
+              f"`aws sqs list-message-move-tasks --source-arn {queues.arn(args.queue_url)}`")
+    else:
+        print(f"moved {outcome.moved} messages from {args.queue_url} to {args.to or 'its source queue'}")
     return 0
 
 
@@ -151,12 +215,59 @@ def main(argv: list[str] | None = None) -> int:
     _add_emulator_options(emulator)
     emulator.set_defaults(func=_emulator)
 
+    _add_control_commands(commands)
+
     args = parser.parse_args(argv)
+    if hasattr(args, "perf"):
+        try:
+            args.emulator_config = _emulator_config(args)
+        except ValueError as error:
+            commands.choices[args.command].error(str(error))  # exits with status 2, like any bad flag
+    return _run_command(args, commands.choices[args.command])
+
+
+def _add_control_commands(commands: Any) -> None:
+    def add(name: str, help_text: str, func: Any) -> argparse.ArgumentParser:
+        command = commands.add_parser(name, help=help_text)
+        command.add_argument("--region", help="AWS region (default: the queue URL's, else the environment's)")
+        command.set_defaults(func=func)
+        return command
+
+    cancel = add("cancel", "cancel a job of a deployed stack: no new endpoint calls, results.jsonl still written", _cancel)
+    cancel.add_argument("job_id", metavar="JOB")
+    cancel.add_argument("--queue-url", required=True, help="the stack's IntakeQueueUrl output")
+
+    retry = add("retry", "run the records of a finished job that did not succeed again, as a new job", _retry)
+    retry.add_argument("job_id", metavar="JOB")
+    retry.add_argument("--queue-url", required=True, help="the stack's IntakeQueueUrl output")
+    retry.add_argument("--client-token", help="one child job per (JOB, token); without one, JOB has a single retry child")
+    retry.add_argument("--deadline", type=int, metavar="S", help="the new job's deadline in seconds (default: the stack's)")
+
+    status = add("status", "print a job's status and counts", _status)
+    status.add_argument("job_id", metavar="JOB")
+    status.add_argument("--table", required=True, help="the stack's TableName output")
+
+    redrive = add("redrive", "move a dead-letter queue's messages back to be processed again", _redrive)
+    redrive.add_argument("--queue-url", required=True, help="the dead-letter queue's URL (DeadLetterQueueUrls output)")
+    redrive.add_argument("--to", metavar="URL", help="destination queue (default: where each message came from)")
+    redrive.add_argument("--copy", action="store_true",
+                         help="move the messages here (receive, send, delete) instead of with StartMessageMoveTask")
+
+
+def _run_command(args: argparse.Namespace, command: argparse.ArgumentParser) -> int:
+    """Run the chosen command; a message that does not validate is a usage error, an AWS error exits 1."""
+    from botocore.exceptions import BotoCoreError, ClientError
+    from pydantic import ValidationError
+
+    from sagebatch.adapters.queues import NoRedriveDestination, SendFailed
+
     try:
-        args.emulator_config = _emulator_config(args)
-    except ValueError as error:
-        commands.choices[args.command].error(str(error))  # exits with status 2, like any bad flag
-    return args.func(args)
+        return args.func(args)
+    except ValidationError as error:
+        command.error("; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()))
+    except (BotoCoreError, ClientError, NoRedriveDestination, SendFailed) as error:
+        print(f"sagebatch {args.command}: {error}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

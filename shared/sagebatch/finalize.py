@@ -2,6 +2,7 @@
 
 Only the worker (or intake) that moved the job RUNNING -> FINALIZING sends the finalize message,
 and the last transition is conditional, so a redelivered message rewrites identical objects at most.
+A stopped job is finalized the same way and closed as CANCELLED or EXPIRED (control.final_status).
 """
 
 from __future__ import annotations
@@ -9,10 +10,10 @@ from __future__ import annotations
 import tempfile
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 
-from sagebatch.adapters.jobs import COMPLETED, FINALIZING, Job, JobStore
+from sagebatch.adapters.jobs import FINALIZING, Job, JobStore
 from sagebatch.adapters.objects import ObjectStore
+from sagebatch.control import final_status, iso_time
 from sagebatch.observability import logger
 from sagebatch.settings import Settings
 
@@ -36,26 +37,31 @@ def manifest_key(job_id: str) -> str:
     return f"outputs/{job_id}/manifest.json"
 
 
-def _iso(timestamp: float | None) -> str | None:
-    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat() if timestamp else None
-
-
 def build_manifest(job: Job, bucket: str, finished_at: float, status: str) -> dict:
+    counts = {"total": job.total_records, "succeeded": job.succeeded, "failed": job.failed}
+    if job.stop_reason is not None:
+        # Only a stopped job can have records that never ran; other manifests keep the three counts.
+        counts |= {"cancelled": job.cancelled, "expired": job.expired}
     return {
         "job_id": job.job_id,
         "status": status,
         "input": job.source,
         "input_version_id": job.version_id,
         "results": f"s3://{bucket}/{results_key(job.job_id)}",
-        "counts": {"total": job.total_records, "succeeded": job.succeeded, "failed": job.failed},
+        "counts": counts,
         "tokens": {"input": job.input_tokens, "output": job.output_tokens},
         "endpoint_calls": job.endpoint_calls,
         "timings": {
-            "created_at": _iso(job.created_at),
-            "started_at": _iso(job.started_at),
-            "finished_at": _iso(finished_at),
+            "created_at": iso_time(job.created_at),
+            "started_at": iso_time(job.started_at),
+            "finished_at": iso_time(finished_at),
             "duration_s": round(finished_at - job.created_at, 3),
+            "deadline_at": iso_time(job.deadline_at),
         },
+        "stop_reason": job.stop_reason,
+        "stopped_at": iso_time(job.stopped_at),
+        # A retry job: its parent, and (on each result line, as `parent_line`) where each record came from.
+        "parent_job_id": job.parent_job_id,
         "parameters": job.parameters.model_dump(exclude_none=True),
         "fit": job.fit.model_dump() if job.fit else None,
     }
@@ -86,7 +92,8 @@ class Finalizer:
             spool.seek(0)
             self._objects.upload_file(bucket, results_key(job_id), spool)
         finished_at = time.time()
-        self._objects.put_json(bucket, manifest_key(job_id), build_manifest(job, bucket, finished_at, COMPLETED))
-        self._jobs.complete_job(job_id, COMPLETED)
-        logger.info("job completed", extra={"job_id": job_id, "records": written})
-        return FinalizeOutcome(job_id, COMPLETED, f"s3://{bucket}/{results_key(job_id)}")
+        status = final_status(job)
+        self._objects.put_json(bucket, manifest_key(job_id), build_manifest(job, bucket, finished_at, status))
+        self._jobs.complete_job(job_id, status)
+        logger.info("job finished", extra={"job_id": job_id, "records": written, "status": status})
+        return FinalizeOutcome(job_id, status, f"s3://{bucket}/{results_key(job_id)}")

@@ -4,11 +4,16 @@ Work is enqueued *by reference*: a shard message names a byte range of the (vers
 object, so a million-line file costs ~30k small messages and no S3 object per record. Job ids are
 derived from what identifies the submission (object version, client token, message id), so a
 duplicate notification or a redelivered message finds the existing job instead of making a second.
+
+Control messages (`{"action": "cancel" | "retry", "job_id": ...}`) arrive on the same queue. They name an
+existing job, so unlike a job message an invalid or pointless one never creates a FAILED job: it is logged
+and acknowledged. A retry becomes a child job like any other, keyed on (parent, client_token).
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
 import uuid
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -19,7 +24,9 @@ from pydantic import ValidationError
 from sagebatch.adapters.jobs import CREATING, Job, JobStore
 from sagebatch.adapters.objects import InputUnreadable, LineSpan, ObjectInfo, ObjectStore
 from sagebatch.adapters.queues import MessageSender
-from sagebatch.models import FinalizeRequest, JobSpec, Shard
+from sagebatch.control import Lineage, RetryRefused, cancel, retry_lineage, retryable
+from sagebatch.finalize import results_key
+from sagebatch.models import CONTROL_ADAPTER, CancelRequest, FinalizeRequest, JobSpec, ResultLine, RetryRequest, Shard
 from sagebatch.observability import logger
 from sagebatch.settings import Settings
 
@@ -50,6 +57,17 @@ class S3Drop:
 
 def job_id_for(identity: str) -> str:
     return str(uuid.uuid5(_JOB_NAMESPACE, identity))
+
+
+def retry_job_id(parent_job_id: str, client_token: str | None = None) -> str:
+    """The child a retry request makes: one per (parent, client_token), so a repeated or redelivered request
+    finds it again. Without a token a job has one retry child; retry that child to go again."""
+    return job_id_for(f"retry:{parent_job_id}#{client_token or ''}")
+
+
+def job_input_key(job_id: str) -> str:
+    """Where intake stores an input it writes itself (inline records, a retry's records)."""
+    return f"jobs/{job_id}/input.jsonl"
 
 
 def parse_s3_drops(body: dict[str, Any]) -> list[S3Drop] | None:
@@ -93,6 +111,8 @@ class Intake:
             return [self._reject(job_id_for(f"msg:{message_id}"), "the job message is not valid JSON")]
         if not isinstance(body, dict):
             return [self._reject(job_id_for(f"msg:{message_id}"), "the job message must be a JSON object")]
+        if "action" in body:
+            return [self.control(body)]
         drops = parse_s3_drops(body)
         if drops is not None:
             return [self.submit_s3_drop(drop) for drop in drops]
@@ -118,7 +138,7 @@ class Intake:
         else:
             job_id = spec.job_id or job_id_for(f"msg:{message_id}")
         if spec.records is not None:
-            bucket, key = self._settings.bucket_name, f"jobs/{job_id}/input.jsonl"
+            bucket, key = self._settings.bucket_name, job_input_key(job_id)
             existing = self._jobs.get_job(job_id)
             if existing is None or existing.status == CREATING:
                 payload = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in spec.records)
@@ -136,9 +156,68 @@ class Intake:
             fit=spec.fit,
             client_token=spec.client_token,
         )
-        return self._start(job)
+        return self._start(job, spec.deadline_s)
 
-    def _start(self, job: Job) -> IntakeOutcome:
+    def control(self, body: dict[str, Any]) -> IntakeOutcome:
+        try:
+            request = CONTROL_ADAPTER.validate_python(body)
+        except ValidationError as error:
+            reason = "invalid control message: " + _short_errors(error)
+            logger.warning("invalid control message", extra={"reason": reason})
+            return IntakeOutcome(None, False, reason)
+        if isinstance(request, CancelRequest):
+            return IntakeOutcome(request.job_id, False, cancel(self._jobs, request.job_id).message)
+        return self.submit_retry(request)
+
+    def submit_retry(self, request: RetryRequest) -> IntakeOutcome:
+        """A child job over the parent's records that did not succeed, read again from the parent's pinned input."""
+        job_id = retry_job_id(request.job_id, request.client_token)
+        existing = self._jobs.get_job(job_id)
+        if existing is not None and existing.status != CREATING:
+            logger.info("duplicate retry", extra={"job_id": job_id, "parent_job_id": request.job_id, "status": existing.status})
+            return IntakeOutcome(job_id, False, "duplicate")
+        bucket, key = self._settings.bucket_name, job_input_key(job_id)
+        try:
+            parent = retryable(self._jobs.get_job(request.job_id), request.job_id)
+            lineage = self._write_retry_input(parent, bucket, key)
+        except (RetryRefused, InputUnreadable) as error:
+            reason = str(error) if isinstance(error, RetryRefused) else f"cannot retry job {request.job_id}: {error}"
+            logger.warning("retry refused", extra={"parent_job_id": request.job_id, "reason": reason})
+            return IntakeOutcome(None, False, reason)
+        job = Job(
+            job_id=job_id, source=f"s3://{bucket}/{key}", bucket=bucket, key=key, parameters=parent.parameters,
+            fit=parent.fit, client_token=request.client_token, parent_job_id=parent.job_id,
+        )
+        logger.info("retry", extra={"job_id": job_id, "parent_job_id": parent.job_id, "records": len(lineage)})
+        return self._start(job, request.deadline_s, lineage)
+
+    def _write_retry_input(self, parent: Job, bucket: str, key: str) -> Lineage:
+        """Copy the parent's input lines that did not succeed to s3://bucket/key, in order; return where each came from.
+
+        Streams the parent's results.jsonl and its input once each (the input pinned to the version, or ETag,
+        the parent read), so neither has to fit in memory; only two integers per retried line are kept.
+        """
+        results = self._objects.head(self._settings.bucket_name, results_key(parent.job_id))
+        lineage = retry_lineage(ResultLine.model_validate_json(line) for line in self._objects.lines(results))
+        source = ObjectInfo(parent.bucket, parent.key, parent.version_id, parent.etag or "", 0)
+        wanted = iter(lineage.parent_lines)
+        next_line = next(wanted, None)
+        with tempfile.SpooledTemporaryFile(max_size=64 * 1024 * 1024) as spool:
+            if next_line is not None:
+                for number, raw in enumerate(self._objects.lines(source), start=1):
+                    if number == next_line:
+                        spool.write(raw + b"\n")
+                        next_line = next(wanted, None)
+                        if next_line is None:
+                            break
+            if next_line is not None:
+                raise InputUnreadable(f"the input s3://{parent.bucket}/{parent.key} has no line {next_line} any more")
+            spool.seek(0)
+            self._objects.upload_file(bucket, key, spool)
+        return lineage
+
+    def _start(self, job: Job, deadline_s: int | None = None, lineage: Lineage | None = None) -> IntakeOutcome:
+        job.deadline_at = job.created_at + (deadline_s or self._settings.default_job_deadline_s)
         job, created = self._jobs.create_job(job)
         if not created and job.status != CREATING:
             logger.info("duplicate submission", extra={"job_id": job.job_id, "status": job.status})
@@ -147,27 +226,29 @@ class Intake:
             info = self._objects.head(job.bucket, job.key, job.version_id)
             if self._objects.head_bytes(info, 2) == GZIP_MAGIC:
                 raise InputUnreadable("the input is gzip-compressed; upload uncompressed JSONL (one JSON object per line)")
-            total_records, total_shards = self._enqueue_shards(job, info)
+            total_records, total_shards = self._enqueue_shards(job, info, lineage)
         except InputUnreadable as error:
             self._fail(job.job_id, str(error))
             return IntakeOutcome(job.job_id, created, str(error))
-        self._jobs.start_job(job.job_id, total_records, total_shards)
+        self._jobs.start_job(job.job_id, total_records, total_shards, info.version_id, info.etag)
         logger.info("job started", extra={"job_id": job.job_id, "records": total_records, "shards": total_shards})
         # An empty file, or workers that finished every shard before the totals were known.
         if self._jobs.try_begin_finalize(job.job_id):
             self._finalize.send(FinalizeRequest(job_id=job.job_id))
         return IntakeOutcome(job.job_id, created)
 
-    def _enqueue_shards(self, job: Job, info: ObjectInfo) -> tuple[int, int]:
+    def _enqueue_shards(self, job: Job, info: ObjectInfo, lineage: Lineage | None) -> tuple[int, int]:
         lines = 0
         shards = 0
 
         def shard_messages() -> Iterator[Shard]:
             nonlocal lines, shards
             for group in group_spans(self._objects.line_spans(info), self._settings.shard_records, self._settings.shard_bytes):
+                parent_lines, default_ids = lineage.window(lines + 1, len(group)) if lineage is not None else (None, None)
                 yield Shard(
                     job_id=job.job_id, shard=shards, bucket=info.bucket, key=info.key, version_id=info.version_id, etag=info.etag,
                     start=group[0].start, end=group[-1].end, first_line=lines + 1, lines=len(group),
+                    parent_lines=parent_lines, default_ids=default_ids,
                 )
                 lines += len(group)
                 shards += 1

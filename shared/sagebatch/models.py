@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
@@ -108,6 +108,15 @@ def parse_record(data: Any) -> InputRecord:
     return model.model_validate(data)
 
 
+JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+ClientToken = Annotated[str, Field(min_length=1, max_length=128)]
+# Seconds from the job's creation after which records not yet started end as `expired`. Bounded by the work
+# queue's MessageRetentionPeriod (4 days, template.yaml): a shard still queued after that is deleted by SQS,
+# so a later deadline could never be reached.
+MAX_JOB_DEADLINE_S = 345_600
+DeadlineSeconds = Annotated[int, Field(ge=1, le=MAX_JOB_DEADLINE_S)]
+
+
 class JobSpec(BaseModel):
     """A job submission message on the intake queue."""
 
@@ -115,10 +124,11 @@ class JobSpec(BaseModel):
 
     input: str | None = None
     records: list[dict[str, Any]] | None = None
-    job_id: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-    client_token: str | None = Field(None, min_length=1, max_length=128)
+    job_id: str | None = Field(None, pattern=JOB_ID_PATTERN)
+    client_token: ClientToken | None = None
     parameters: Parameters = Field(default_factory=Parameters)
     fit: FitSettings | None = None
+    deadline_s: DeadlineSeconds | None = None
 
     @field_validator("input")
     @classmethod
@@ -139,6 +149,30 @@ class JobSpec(BaseModel):
         return bucket, key
 
 
+class CancelRequest(BaseModel):
+    """Stop a job: no new endpoint calls; records not started yet end as `cancelled`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    action: Literal["cancel"]
+    job_id: str = Field(pattern=JOB_ID_PATTERN)
+
+
+class RetryRequest(BaseModel):
+    """Start a child job with the records of a finished job that did not succeed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    action: Literal["retry"]
+    job_id: str = Field(pattern=JOB_ID_PATTERN)
+    client_token: ClientToken | None = None
+    deadline_s: DeadlineSeconds | None = None
+
+
+ControlRequest = Annotated[Union[CancelRequest, RetryRequest], Field(discriminator="action")]
+CONTROL_ADAPTER: TypeAdapter[CancelRequest | RetryRequest] = TypeAdapter(ControlRequest)
+
+
 class Shard(BaseModel):
     """One work message: a byte range of the job's input object holding consecutive lines."""
 
@@ -152,6 +186,16 @@ class Shard(BaseModel):
     end: int = Field(ge=0)
     first_line: int = Field(ge=1)
     lines: int = Field(ge=0)
+    # Retry jobs only, one entry per line of this shard: the line it had in the parent job, and the id its
+    # result takes when the record names none (the parent's id, itself a line number of the original job).
+    parent_lines: list[int] | None = None
+    default_ids: list[int] | None = None
+
+    def parent_line(self, line: int) -> int | None:
+        return self.parent_lines[line - self.first_line] if self.parent_lines is not None else None
+
+    def default_id(self, line: int) -> int:
+        return self.default_ids[line - self.first_line] if self.default_ids is not None else line
 
 
 class FinalizeRequest(BaseModel):
@@ -168,12 +212,16 @@ class RecordError(BaseModel):
     message: str
 
 
+# Why a job stopped early; also the status (and error type) of the records it never started.
+StopReason = Literal["cancelled", "expired"]
+
+
 class ResultLine(BaseModel):
     """One line of results.jsonl, for one input line."""
 
     id: str | int | None
     line: int
-    status: Literal["succeeded", "failed"]
+    status: Literal["succeeded", "failed", "cancelled", "expired"]
     output: str | None = None
     finish_reason: str | None = None
     usage: Usage = Field(default_factory=Usage)
@@ -187,6 +235,7 @@ class ResultLine(BaseModel):
     calls: int = 0
     latency_ms: float | None = None
     notes: list[str] | None = None
+    parent_line: int | None = None  # retry jobs: this record's line in the parent job
 
 
 RECORD_ADAPTER = TypeAdapter(ResultLine)

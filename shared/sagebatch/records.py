@@ -36,6 +36,7 @@ from sagebatch.models import (
     PromptRecord,
     RecordError,
     ResultLine,
+    StopReason,
     Usage,
     parse_record,
 )
@@ -53,6 +54,24 @@ class RetryLater(Exception):
 
 def failed(line: int, record_id: Any, kind: str, message: str, usage: Usage | None = None) -> ResultLine:
     return ResultLine(id=record_id, line=line, status="failed", error=RecordError(type=kind, message=message), usage=usage or Usage())
+
+
+_STOP_MESSAGES = {
+    "cancelled": "not run: the job was cancelled before this record started",
+    "expired": "not run: the job's deadline passed before this record started",
+}
+
+
+def stopped(line: int, record_id: Any, reason: StopReason) -> ResultLine:
+    """The result of a record its job never started (no endpoint call, no tokens)."""
+    return ResultLine(id=record_id, line=line, status=reason, error=RecordError(type=reason, message=_STOP_MESSAGES[reason]))
+
+
+def _named_id(data: Any, default: Any) -> Any:
+    """A parsed line's own `id` if it names one, else `default` (the line number, or a retry's inherited id)."""
+    if isinstance(data, dict) and data.get("id") is not None:
+        return data["id"]
+    return default
 
 
 def _content(record: InputRecord) -> PromptContent | ChatContent | RawContent | DocumentContent:
@@ -82,9 +101,24 @@ class RecordRunner:
         self._max_line_bytes = max_line_bytes
         self._pool = call_pool
 
-    def run(self, line: int, raw: bytes, job_parameters: Parameters, job_fit: FitSettings | None) -> ResultLine:
-        """Answer one line. Raises RetryLater only for retryable endpoint failures."""
-        record_id: Any = line
+    def not_run(self, line: int, raw: bytes, reason: StopReason, default_id: Any = None) -> ResultLine:
+        """The result of a line its job stopped before it started, with the id `run` would have given it."""
+        record_id = line if default_id is None else default_id
+        if len(raw) <= self._max_line_bytes:
+            try:
+                record_id = _named_id(json.loads(raw), record_id)
+            except ValueError:  # not JSON (or not UTF-8): the line has no id of its own
+                pass
+        return stopped(line, record_id, reason)
+
+    def run(
+        self, line: int, raw: bytes, job_parameters: Parameters, job_fit: FitSettings | None, default_id: Any = None
+    ) -> ResultLine:
+        """Answer one line. Raises RetryLater only for retryable endpoint failures.
+
+        `default_id` is the result's id when the record names none (a retry job passes the parent's); else the line.
+        """
+        record_id: Any = line if default_id is None else default_id
         if len(raw) > self._max_line_bytes:
             return failed(line, record_id, "line_too_large", f"line is {len(raw)} bytes; the limit is {self._max_line_bytes}")
         try:
@@ -97,8 +131,7 @@ class RecordRunner:
             data = json.loads(text)
         except ValueError as error:
             return failed(line, record_id, "invalid_json", f"line is not valid JSON: {error}")
-        if isinstance(data, dict) and data.get("id") is not None:
-            record_id = data["id"]
+        record_id = _named_id(data, record_id)
         try:
             record = parse_record(data)
         except (ValidationError, ValueError) as error:

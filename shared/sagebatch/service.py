@@ -60,6 +60,7 @@ def shard_processor() -> ShardProcessor:
         MessageSender(client("sqs"), settings.finalize_queue_url),
         runner,
         ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="record"),
+        settings.stop_check_seconds,
     )
 
 

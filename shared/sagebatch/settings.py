@@ -9,6 +9,8 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from sagebatch.models import MAX_JOB_DEADLINE_S
+
 # s3://bucket/prefix, as template.yaml's AllowedInputLocations pattern allows it (the prefix may be empty).
 # No wildcards: the template turns each entry into an IAM resource ARN.
 _LOCATION = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.-]{1,61}[a-z0-9])/(?P<prefix>[^,*?\s]*)$")
@@ -62,6 +64,12 @@ class Settings(BaseSettings):
     shard_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     max_line_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     job_ttl_days: int = Field(30, ge=1)
+    # A job's deadline when its message sets none (template.yaml's JobDeadlineSeconds). Three days leaves a day
+    # before the work queue's 4-day retention deletes shards still queued: they are then answered as `expired`.
+    default_job_deadline_s: int = Field(259_200, ge=1, le=MAX_JOB_DEADLINE_S)
+    # How stale a worker's view of "was this job cancelled?" may be: one read per shard per interval instead
+    # of one per record, at the price of up to this long of extra calls after a cancel.
+    stop_check_seconds: float = Field(1.0, ge=0)
 
     # Where job messages may point their `input`, besides this stack's own bucket (always allowed).
     # The environment holds template.yaml's AllowedInputLocations verbatim: comma-separated s3://bucket/prefix.

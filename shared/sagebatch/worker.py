@@ -3,6 +3,10 @@
 Idempotent on business keys (job id + line), not SQS message ids: results already stored by an
 earlier delivery are reused, never regenerated, and the job's counters move only when the
 shard's marker item is created.
+
+A stopped job (cancelled, or past its deadline) is checked before each record starts: records already
+in flight finish and are stored as usual, the others get a `cancelled`/`expired` result without a call,
+so the shard still completes and the job still finalizes with one result per line.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Callable
 from sagebatch.adapters.jobs import RUNNING, CREATING, JobStore, ShardCounts
 from sagebatch.adapters.objects import InputUnreadable, ObjectInfo, ObjectStore
 from sagebatch.adapters.queues import MessageSender
+from sagebatch.control import StopCheck
 from sagebatch.models import FinalizeRequest, ResultLine, Shard
 from sagebatch.observability import logger
 from sagebatch.records import RecordRunner, RetryLater, failed
@@ -39,12 +44,14 @@ class ShardProcessor:
         finalize: MessageSender,
         runner: RecordRunner,
         record_pool: ThreadPoolExecutor,
+        stop_check_seconds: float = 1.0,
     ):
         self._jobs = jobs
         self._objects = objects
         self._finalize = finalize
         self._runner = runner
         self._pool = record_pool
+        self._stop_check_seconds = stop_check_seconds
 
     def process(self, shard: Shard, final_attempt: bool = False, keep_going: Callable[[], bool] = lambda: True) -> ShardOutcome:
         """Process the shard. On `final_attempt`, retryable failures are stored as failed results instead of retried."""
@@ -64,19 +71,25 @@ class ShardProcessor:
             lines = []
             for line in range(shard.first_line, last_line + 1):
                 if line not in known:
-                    known[line] = failed(line, line, "input_unreadable", str(error))
+                    known[line] = _traced(shard, failed(line, shard.default_id(line), "input_unreadable", str(error)))
                     self._jobs.put_result(shard.job_id, known[line])
         todo = [(line, raw) for line, raw in lines if line not in known]
+        stop = StopCheck(self._jobs, job, self._stop_check_seconds)
 
         def run_one(item: tuple[int, bytes]) -> ResultLine | None:
             line, raw = item
+            # A stopped job's record costs no call, so it is answered even when this invocation is out of time.
+            reason = stop.reason()
+            if reason is not None:
+                return self._runner.not_run(line, raw, reason, shard.default_id(line))
             if not keep_going():
                 return None
             try:
-                return self._runner.run(line, raw, job.parameters, job.fit)
+                return self._runner.run(line, raw, job.parameters, job.fit, shard.default_id(line))
             except RetryLater as error:
                 if final_attempt:
-                    return failed(line, line, f"endpoint_{error.error.kind.value}", f"gave up after retries: {error.error.message}")
+                    return failed(line, shard.default_id(line), f"endpoint_{error.error.kind.value}",
+                                  f"gave up after retries: {error.error.message}")
                 return None
 
         stored = 0
@@ -85,6 +98,7 @@ class ShardProcessor:
             if result is None:
                 pending += 1
                 continue
+            result = _traced(shard, result)
             if self._jobs.put_result(shard.job_id, result):
                 stored += 1
             known[result.line] = result
@@ -93,13 +107,7 @@ class ShardProcessor:
 
         counts = ShardCounts()
         for result in known.values():
-            if result.status == "succeeded":
-                counts.succeeded += 1
-            else:
-                counts.failed += 1
-            counts.input_tokens += result.usage.input_tokens
-            counts.output_tokens += result.usage.output_tokens
-            counts.endpoint_calls += result.calls
+            counts.add(result)
         self._jobs.complete_shard(shard.job_id, shard.shard, counts)
         finalize_sent = False
         if self._jobs.try_begin_finalize(shard.job_id):
@@ -107,7 +115,8 @@ class ShardProcessor:
             finalize_sent = True
         logger.info(
             "shard done",
-            extra={"job_id": shard.job_id, "shard": shard.shard, "stored": stored, "reused": shard.lines - len(todo)},
+            extra={"job_id": shard.job_id, "shard": shard.shard, "stored": stored, "reused": shard.lines - len(todo),
+                   "not_run": counts.cancelled + counts.expired},
         )
         return ShardOutcome(stored, shard.lines - len(todo), 0, finalize_sent)
 
@@ -121,3 +130,9 @@ class ShardProcessor:
         if len(pieces) != shard.lines:
             raise ValueError(f"shard {shard.shard} expected {shard.lines} lines, read {len(pieces)}")
         return [(shard.first_line + i, piece.rstrip(b"\r")) for i, piece in enumerate(pieces)]
+
+
+def _traced(shard: Shard, result: ResultLine) -> ResultLine:
+    """A retry job's result names the line it had in the parent job."""
+    parent_line = shard.parent_line(result.line)
+    return result if parent_line is None else result.model_copy(update={"parent_line": parent_line})

@@ -37,6 +37,8 @@ EXPECTED_GRANTS = {
         "sqs:ReceiveMessage": {"IntakeQueue"}, "sqs:DeleteMessage": {"IntakeQueue"}, "sqs:GetQueueAttributes": {"IntakeQueue"},
         "s3:GetObject": {"DataBucket/*"}, "s3:GetObjectVersion": {"DataBucket/*"}, "s3:ListBucket": {"DataBucket"},
         "s3:PutObject": {"DataBucket/jobs/*", "DataBucket/outputs/*"},
+        # upload_fileobj of a retry's input: Abort cleans up a failed multipart upload.
+        "s3:AbortMultipartUpload": {"DataBucket/jobs/*"},
         "dynamodb:GetItem": {"JobsTable"}, "dynamodb:PutItem": {"JobsTable"}, "dynamodb:UpdateItem": {"JobsTable"},
         "sqs:SendMessage": {"WorkQueue", "FinalizeQueue"},
         "logs:CreateLogStream": {"IntakeLogGroup"}, "logs:PutLogEvents": {"IntakeLogGroup"},

@@ -1,7 +1,7 @@
 """JobStore: job, shard and record state in the single DynamoDB table.
 
 Keys (one partition per job):
-  pk=JOB#<id> sk=META            the job: status, counts, token totals, times
+  pk=JOB#<id> sk=META            the job: status, counts, token totals, times, stop reason, deadline
   pk=JOB#<id> sk=SHARD#<n>       a finished shard (exists once; guards the job counters)
   pk=JOB#<id> sk=REC#<line>      a record's result (written once, as soon as it is known)
 
@@ -20,12 +20,16 @@ from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 from pydantic import BaseModel, Field
 
-from sagebatch.models import FitSettings, Parameters, ResultLine
+from sagebatch.models import FitSettings, Parameters, ResultLine, StopReason
 
 _SER = TypeSerializer()
 _DESER = TypeDeserializer()
 
 CREATING, RUNNING, FINALIZING, COMPLETED, FAILED = "CREATING", "RUNNING", "FINALIZING", "COMPLETED", "FAILED"
+# A job stopped early (sagebatch cancel, or its deadline) still finishes the normal way: every line gets a result
+# and results.jsonl is written; the finalizer then closes it as CANCELLED or EXPIRED instead of COMPLETED.
+CANCELLED, EXPIRED = "CANCELLED", "EXPIRED"
+FINISHED = (COMPLETED, FAILED, CANCELLED, EXPIRED)
 
 
 class Job(BaseModel):
@@ -37,10 +41,15 @@ class Job(BaseModel):
     bucket: str
     key: str
     version_id: str | None = None
+    etag: str | None = None  # of the input as intake read it: pins a retry's re-read in an unversioned bucket
     parameters: Parameters = Field(default_factory=Parameters)
     fit: FitSettings | None = None
     client_token: str | None = None
+    parent_job_id: str | None = None  # set on a retry job: the job whose unsucceeded records it runs again
     created_at: float = Field(default_factory=time.time)
+    deadline_at: float | None = None
+    stop_reason: StopReason | None = None  # set once, by a cancel or by the first worker past the deadline
+    stopped_at: float | None = None
     started_at: float | None = None
     finished_at: float | None = None
     total_records: int | None = None
@@ -48,6 +57,8 @@ class Job(BaseModel):
     shards_done: int = 0
     succeeded: int = 0
     failed: int = 0
+    cancelled: int = 0
+    expired: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
     endpoint_calls: int = 0
@@ -57,9 +68,17 @@ class Job(BaseModel):
 class ShardCounts(BaseModel):
     succeeded: int = 0
     failed: int = 0
+    cancelled: int = 0
+    expired: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
     endpoint_calls: int = 0
+
+    def add(self, result: ResultLine) -> None:
+        setattr(self, result.status, getattr(self, result.status) + 1)
+        self.input_tokens += result.usage.input_tokens
+        self.output_tokens += result.usage.output_tokens
+        self.endpoint_calls += result.calls
 
 
 def _pk(job_id: str) -> str:
@@ -78,6 +97,13 @@ def _to_item(values: dict[str, Any]) -> dict[str, Any]:
 def _from_item(item: dict[str, Any]) -> dict[str, Any]:
     plain = {k: _DESER.deserialize(v) for k, v in item.items()}
     return {k: (int(v) if isinstance(v, Decimal) and v == int(v) else float(v) if isinstance(v, Decimal) else v) for k, v in plain.items()}
+
+
+def _job(item: dict[str, Any]) -> Job:
+    values = _from_item(item)
+    values["parameters"] = json.loads(values.get("parameters") or "{}")
+    values["fit"] = json.loads(values["fit"]) if values.get("fit") else None
+    return Job.model_validate({k: v for k, v in values.items() if k in Job.model_fields})
 
 
 def _is_condition_failure(error: ClientError) -> bool:
@@ -121,29 +147,54 @@ class JobStore:
         response = self._db.get_item(
             TableName=self._table, Key=_to_item({"pk": _pk(job_id), "sk": "META"}), ConsistentRead=True
         )
-        if "Item" not in response:
-            return None
-        values = _from_item(response["Item"])
-        values["parameters"] = json.loads(values.get("parameters") or "{}")
-        values["fit"] = json.loads(values["fit"]) if values.get("fit") else None
-        return Job.model_validate({k: v for k, v in values.items() if k in Job.model_fields})
+        return _job(response["Item"]) if "Item" in response else None
 
-    def start_job(self, job_id: str, total_records: int, total_shards: int) -> None:
-        """CREATING -> RUNNING with the totals; a no-op when a redelivered intake already did it."""
+    def start_job(
+        self, job_id: str, total_records: int, total_shards: int, version_id: str | None = None, etag: str | None = None
+    ) -> None:
+        """CREATING -> RUNNING with the totals and the input version read; a no-op when a redelivered intake already did it."""
+        values = {":running": RUNNING, ":creating": CREATING, ":tr": total_records, ":ts": total_shards,
+                  ":now": Decimal(str(time.time())), ":v": version_id, ":e": etag}
+        assignments = ["#s = :running", "total_records = :tr", "total_shards = :ts", "started_at = :now"]
+        # The version (or ETag) intake read, so a retry re-reads exactly this input later.
+        assignments += [f"{name} = {placeholder}" for name, placeholder in (("version_id", ":v"), ("etag", ":e"))
+                        if values[placeholder]]
         try:
             self._db.update_item(
                 TableName=self._table,
                 Key=_to_item({"pk": _pk(job_id), "sk": "META"}),
-                UpdateExpression="SET #s = :running, total_records = :tr, total_shards = :ts, started_at = :now",
+                UpdateExpression="SET " + ", ".join(assignments),
                 ConditionExpression="#s = :creating",
                 ExpressionAttributeNames={"#s": "status"},
-                ExpressionAttributeValues=_to_item(
-                    {":running": RUNNING, ":creating": CREATING, ":tr": total_records, ":ts": total_shards, ":now": Decimal(str(time.time()))}
-                ),
+                ExpressionAttributeValues=_to_item(values),
             )
         except ClientError as error:
             if not _is_condition_failure(error):
                 raise
+
+    def request_stop(self, job_id: str, reason: StopReason) -> tuple[Job | None, bool]:
+        """Record why a CREATING or RUNNING job stops early: (the job as it now is, recorded by this call?).
+
+        Conditional, so the first reason recorded stays (a second cancel, or a deadline passing after a cancel,
+        changes nothing) and a job that is finishing or finished is left alone.
+        """
+        try:
+            response = self._db.update_item(
+                TableName=self._table,
+                Key=_to_item({"pk": _pk(job_id), "sk": "META"}),
+                UpdateExpression="SET stop_reason = :reason, stopped_at = :now",
+                ConditionExpression="#s IN (:creating, :running) AND attribute_not_exists(stop_reason)",
+                ExpressionAttributeNames={"#s": "status"},
+                ExpressionAttributeValues=_to_item(
+                    {":reason": reason, ":now": Decimal(str(time.time())), ":creating": CREATING, ":running": RUNNING}
+                ),
+                ReturnValues="ALL_NEW",
+            )
+            return _job(response["Attributes"]), True
+        except ClientError as error:
+            if not _is_condition_failure(error):
+                raise
+        return self.get_job(job_id), False
 
     def fail_job(self, job_id: str, reason: str) -> None:
         self._db.update_item(
@@ -213,11 +264,12 @@ class JobStore:
                         "Update": {
                             "TableName": self._table,
                             "Key": _to_item({"pk": _pk(job_id), "sk": "META"}),
-                            "UpdateExpression": "ADD shards_done :one, succeeded :s, failed :f, "
+                            "UpdateExpression": "ADD shards_done :one, succeeded :s, failed :f, cancelled :c, expired :x, "
                             "input_tokens :it, output_tokens :ot, endpoint_calls :ec",
                             "ExpressionAttributeValues": _to_item(
-                                {":one": 1, ":s": counts.succeeded, ":f": counts.failed, ":it": counts.input_tokens,
-                                 ":ot": counts.output_tokens, ":ec": counts.endpoint_calls}
+                                {":one": 1, ":s": counts.succeeded, ":f": counts.failed, ":c": counts.cancelled,
+                                 ":x": counts.expired, ":it": counts.input_tokens, ":ot": counts.output_tokens,
+                                 ":ec": counts.endpoint_calls}
                             ),
                         }
                     },

@@ -53,7 +53,7 @@ class ObjectStore:
         # Pin what we read to what the job saw: a version if the bucket has one, else the ETag.
         if info.version_id:
             kwargs["VersionId"] = info.version_id
-        else:
+        elif info.etag:
             kwargs["IfMatch"] = info.etag
         if range_header:
             kwargs["Range"] = range_header
@@ -72,6 +72,15 @@ class ObjectStore:
 
     def line_spans(self, info: ObjectInfo) -> Iterator[LineSpan]:
         """Stream the object once and yield each line's byte span; never holds more than a chunk plus a line."""
+        for span, _ in self._split(info, keep=False):
+            yield span
+
+    def lines(self, info: ObjectInfo) -> Iterator[bytes]:
+        """Stream the object once and yield each line without its newline (a trailing '\\r' is kept)."""
+        for _, line in self._split(info, keep=True):
+            yield line
+
+    def _split(self, info: ObjectInfo, keep: bool) -> Iterator[tuple[LineSpan, bytes]]:
         body = self._get(info)
         offset = 0  # absolute offset of the first byte of `pending`
         pending = b""
@@ -79,12 +88,12 @@ class ObjectStore:
             pending += chunk
             cut = 0
             while (newline := pending.find(b"\n", cut)) != -1:
-                yield LineSpan(offset + cut, offset + newline + 1)
+                yield LineSpan(offset + cut, offset + newline + 1), pending[cut:newline] if keep else b""
                 cut = newline + 1
             offset += cut
             pending = pending[cut:]
         if pending:  # a last line without a trailing newline
-            yield LineSpan(offset, offset + len(pending))
+            yield LineSpan(offset, offset + len(pending)), pending
 
     def read_range(self, info: ObjectInfo, start: int, end: int) -> bytes:
         if end <= start:

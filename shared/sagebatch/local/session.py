@@ -12,15 +12,15 @@ from typing import Any, Iterator
 import boto3
 
 from sagebatch import service
-from sagebatch.adapters.jobs import COMPLETED, FAILED, JobStore
+from sagebatch.adapters.jobs import FAILED, FINISHED, JobStore
 from sagebatch.emulator.server import Emulator, EmulatorConfig
 from sagebatch.finalize import manifest_key, results_key
-from sagebatch.intake import S3Drop
+from sagebatch.intake import S3Drop, retry_job_id
 from sagebatch.local.runner import EventSourcePoller
 from sagebatch.local.stack import REGION, LocalStack, use_fake_aws_environment
 from sagebatch.local.template import default_template_path, load_template
 
-FINAL_STATES = (COMPLETED, FAILED)
+FINAL_STATES = FINISHED
 
 
 @dataclass
@@ -45,6 +45,15 @@ class LocalRun:
             QueueUrl=self.stack.queue_url("IntakeQueue"), MessageBody=json.dumps(spec)
         )
         return response["MessageId"]
+
+    def cancel(self, job_id: str) -> str:
+        """Send `{"action": "cancel"}` for the job to the intake queue, as `sagebatch cancel` does; returns the message id."""
+        return self.submit_job({"action": "cancel", "job_id": job_id})
+
+    def retry(self, job_id: str, client_token: str | None = None) -> str:
+        """Send `{"action": "retry"}` for the job, as `sagebatch retry` does; returns the child job's id."""
+        self.submit_job({"action": "retry", "job_id": job_id} | ({"client_token": client_token} if client_token else {}))
+        return retry_job_id(job_id, client_token)
 
     def wait_for(self, job_id: str, timeout_s: float = 600) -> str:
         def done() -> bool:
@@ -128,7 +137,7 @@ def run_file(path: Path, out_dir: Path, timeout_s: float = 600, emulator: Emulat
         out_dir.mkdir(parents=True, exist_ok=True)
         manifest = run.manifest(job_id)
         (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        if status == COMPLETED:
+        if status != FAILED:  # COMPLETED, or CANCELLED / EXPIRED with the results done so far
             (out_dir / "results.jsonl").write_bytes(run.read(results_key(job_id)))
         stats = run.stack.emulator_server.emulator.stats
         manifest["_local"] = {
