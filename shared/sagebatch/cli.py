@@ -250,8 +250,44 @@ def _add_control_commands(commands: Any) -> None:
     redrive = add("redrive", "move a dead-letter queue's messages back to be processed again", _redrive)
     redrive.add_argument("--queue-url", required=True, help="the dead-letter queue's URL (DeadLetterQueueUrls output)")
     redrive.add_argument("--to", metavar="URL", help="destination queue (default: where each message came from)")
+    deploy = add("deploy-endpoint", "deploy the Mistral 7B Instruct endpoint (JumpStart, TGI 1.1.0, ml.g5.2xlarge)", _deploy)
+    deploy.add_argument("--endpoint-name", default="mistral-7b-instruct", help="the stack's EndpointName")
+    deploy.add_argument("--role", help="SageMaker execution role ARN (default: the SDK's)")
+    deploy.add_argument("--model-version", default="*", help="pin the JumpStart model version (recommended)")
+    deploy.add_argument("--max-input-length", type=int, default=8191, help="the stack's MaxInputLength")
+    deploy.add_argument("--max-total-tokens", type=int, default=8192, help="the stack's MaxTotalTokens")
+    deploy.add_argument("--allow-other-tgi", action="store_true", help="accept a container other than TGI 1.1.0")
+    deploy.add_argument("--dry-run", action="store_true", help="print the plan and the TGI environment; deploy nothing")
+
+    delete = add("delete-endpoint", "delete the endpoint, its config and its model (stops billing)", _delete)
+    delete.add_argument("--endpoint-name", default="mistral-7b-instruct")
+
     redrive.add_argument("--copy", action="store_true",
                          help="move the messages here (receive, send, delete) instead of with StartMessageMoveTask")
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    from sagebatch.deploy import EndpointPlan, deploy
+
+    plan = EndpointPlan(args.endpoint_name, args.role, model_version=args.model_version,
+                        max_input_length=args.max_input_length, max_total_tokens=args.max_total_tokens)
+    print(f"endpoint {plan.endpoint_name}: {plan.model_id} {plan.model_version} on {plan.instance_type}")
+    print(f"  TGI environment {plan.environment()}")
+    if args.dry_run:
+        return 0
+    deploy(plan, allow_other_tgi=args.allow_other_tgi)
+    print(f"endpoint {plan.endpoint_name} is in service (it bills by the hour: sagebatch delete-endpoint)")
+    return 0
+
+
+def _delete(args: argparse.Namespace) -> int:
+    import boto3
+
+    from sagebatch.deploy import delete
+
+    for item in delete(args.endpoint_name, boto3.client("sagemaker", region_name=args.region)):
+        print(f"deleted {item}")
+    return 0
 
 
 def _run_command(args: argparse.Namespace, command: argparse.ArgumentParser) -> int:

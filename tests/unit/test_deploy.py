@@ -65,3 +65,16 @@ def test_delete_removes_the_endpoint_its_config_and_its_model():
         assert sm.list_endpoints()["Endpoints"] == []
         assert sm.list_endpoint_configs()["EndpointConfigs"] == []
         assert sm.list_models()["Models"] == []
+
+
+def test_the_deploy_command_dry_run_prints_the_plan_without_calling_aws(capsys):
+    # Given the CLI with --dry-run and a smaller context than the default
+    from sagebatch.cli import main
+
+    # When it runs
+    code = main(["deploy-endpoint", "--dry-run", "--max-input-length", "4095", "--max-total-tokens", "4096"])
+
+    # Then it exits 0 and shows the TGI environment it would launch with
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "'MAX_INPUT_LENGTH': '4095'" in printed and "'MAX_TOTAL_TOKENS': '4096'" in printed
