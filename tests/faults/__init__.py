@@ -1,0 +1,1 @@
+"""Fault-injection tests: the service's promise under duplicates, crashes, throttling, timeouts and races."""
