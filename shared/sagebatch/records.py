@@ -47,9 +47,10 @@ from sagebatch.prompt import PromptFormatError
 class RetryLater(Exception):
     """A retryable endpoint failure outlived the caller's retries; the message should come back."""
 
-    def __init__(self, error: EndpointError):
+    def __init__(self, error: EndpointError, record_id: Any):
         super().__init__(error.message)
         self.error = error
+        self.record_id = record_id  # so that a final failure is reported under the record's own id
 
 
 def failed(line: int, record_id: Any, kind: str, message: str, usage: Usage | None = None) -> ResultLine:
@@ -163,7 +164,7 @@ class RecordRunner:
             return failed(line, record_id, "invalid_record", str(error))
         except EndpointError as error:
             if error.retryable:
-                raise RetryLater(error) from error
+                raise RetryLater(error, record_id) from error
             return failed(line, record_id, f"endpoint_{error.kind.value}", error.message)
         return ResultLine(
             id=record_id,

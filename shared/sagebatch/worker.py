@@ -11,7 +11,7 @@ so the shard still completes and the job still finalizes with one result per lin
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Callable
 
@@ -76,8 +76,7 @@ class ShardProcessor:
         todo = [(line, raw) for line, raw in lines if line not in known]
         stop = StopCheck(self._jobs, job, self._stop_check_seconds)
 
-        def run_one(item: tuple[int, bytes]) -> ResultLine | None:
-            line, raw = item
+        def answer(line: int, raw: bytes) -> ResultLine | None:
             # A stopped job's record costs no call, so it is answered even when this invocation is out of time.
             reason = stop.reason()
             if reason is not None:
@@ -88,19 +87,28 @@ class ShardProcessor:
                 return self._runner.run(line, raw, job.parameters, job.fit, shard.default_id(line))
             except RetryLater as error:
                 if final_attempt:
-                    return failed(line, shard.default_id(line), f"endpoint_{error.error.kind.value}",
+                    return failed(line, error.record_id, f"endpoint_{error.error.kind.value}",
                                   f"gave up after retries: {error.error.message}")
                 return None
 
+        def run_and_store(item: tuple[int, bytes]) -> tuple[ResultLine | None, bool]:
+            # Stored as soon as it exists: if another record's store fails, answers already paid for are kept.
+            result = answer(*item)
+            if result is None:
+                return None, False
+            result = _traced(shard, result)
+            return result, self._jobs.put_result(shard.job_id, result)
+
+        futures = [self._pool.submit(run_and_store, item) for item in todo]
+        wait(futures)  # every record finishes (and is stored) before any error is raised
         stored = 0
         pending = 0
-        for result in self._pool.map(run_one, todo):
+        for future in futures:
+            result, was_stored = future.result()  # re-raises the first failed store: the message comes back
             if result is None:
                 pending += 1
                 continue
-            result = _traced(shard, result)
-            if self._jobs.put_result(shard.job_id, result):
-                stored += 1
+            stored += was_stored
             known[result.line] = result
         if pending:
             raise ShardIncomplete(f"{pending} of {shard.lines} records of shard {shard.shard} must be retried")

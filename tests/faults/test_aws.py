@@ -20,7 +20,7 @@ from sagebatch.local.faults import (
     s3_key_endswith,
 )
 from sagebatch.local.stack import REGION
-from tests.faults.conftest import Doubled, wait_until
+from tests.faults.conftest import wait_until
 
 SDK_ATTEMPTS = 5  # adapters/clients.py: standard mode, total_max_attempts 5
 
@@ -47,12 +47,6 @@ def test_dynamodb_throttling_below_the_attempt_limit_is_absorbed_by_the_sdk(harn
     h.check(job, fault="DynamoDB throttling < attempt limit", faults_tried=sum(r.fired for r in rules))
 
 
-@pytest.mark.xfail(
-    strict=True, raises=Doubled,
-    reason="BUG: worker.ShardProcessor.process stores results in the consuming loop after pool.map; when one "
-    "put_result raises (SDK retries exhausted), the answers already received for the shard's later lines are dropped "
-    "and paid again on redelivery",
-)
 def test_persistent_dynamodb_throttling_fails_the_item_then_succeeds_on_redelivery(harness):
     h = harness()
     # Given a 12-line job, and DynamoDB throttling on every attempt of line 6's first result write

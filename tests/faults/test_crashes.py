@@ -10,7 +10,7 @@ import pytest
 from sagebatch.handlers import CALL_TIME_RESERVE_MS
 from sagebatch.local.faults import InjectedCrash, ProcessKill, fail_calls, generations_per_line, result_line_of
 from sagebatch.local.runner import LambdaContext
-from tests.faults.conftest import Doubled, wait_until
+from tests.faults.conftest import wait_until
 
 
 def test_a_worker_killed_mid_batch_reuses_what_it_stored_and_runs_the_rest_once(harness):
@@ -53,11 +53,6 @@ def test_a_worker_killed_mid_batch_reuses_what_it_stored_and_runs_the_rest_once(
             allow={line: 2 for line in range(1, 5) if line not in stored_before})
 
 
-@pytest.mark.xfail(
-    strict=True, raises=Doubled,
-    reason="BUG: worker.ShardProcessor.process stores results one by one in the consuming loop after pool.map; when "
-    "one put_result raises, the answers already received for the shard's later lines are dropped and paid again",
-)
 def test_a_crash_between_the_answer_and_the_stored_result_costs_that_record_one_call(harness):
     h = harness()
     # Given a 12-line job, and a crash of the DynamoDB PutItem of line 6's result (once), after the endpoint

@@ -7,7 +7,6 @@ import pytest
 from sagebatch.emulator.server import Emulator, FaultConfig
 from sagebatch.handlers import FINAL_ATTEMPT_RECEIVE_COUNT
 from sagebatch.local.faults import FaultyEmulator, emulator_faults, endpoint_line_of, fail_calls, forward_then_time_out
-from tests.faults.conftest import WrongIds
 
 
 def test_a_429_storm_is_retried_until_every_record_succeeds(harness):
@@ -67,12 +66,6 @@ def test_read_timeouts_are_retried_once_and_cost_one_extra_generation(harness):
     h.check(job, fault="read timeout once (retried)", faults_tried=2, allow={2: 2, 7: 2})
 
 
-@pytest.mark.xfail(
-    strict=True, raises=WrongIds,
-    reason="BUG: on the final delivery worker.ShardProcessor.process (run_one, except RetryLater) records the failure "
-    "under the line's default id (the line number), not the record's own id: RetryLater does not carry the id "
-    "RecordRunner.run parsed",
-)
 def test_a_line_that_always_times_out_is_retried_once_per_delivery_then_fails(harness):
     h = harness()
     # Given a 12-line job where every attempt of line 11 times out after the endpoint generated

@@ -17,7 +17,7 @@ from sagebatch.emulator.server import Emulator, EmulatorConfig
 from sagebatch.finalize import manifest_key, results_key
 from sagebatch.intake import S3Drop, retry_job_id
 from sagebatch.local.runner import EventSourcePoller
-from sagebatch.local.stack import REGION, LocalStack, use_fake_aws_environment
+from sagebatch.local.stack import REGION, LocalStack, moto_requests_one_at_a_time, use_fake_aws_environment
 from sagebatch.local.template import default_template_path, load_template
 
 FINAL_STATES = FINISHED
@@ -107,7 +107,7 @@ def local_stack(
     if isinstance(emulator, EmulatorConfig):
         emulator = emulator.build(_endpoint_name(template_path, parameters))
     use_fake_aws_environment()
-    with mock_aws():
+    with mock_aws(), moto_requests_one_at_a_time():
         stack = LocalStack(template_path, parameters, emulator).create()
         try:
             stack.apply_environment()

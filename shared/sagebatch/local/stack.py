@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import boto3
 
@@ -35,6 +37,31 @@ def use_fake_aws_environment() -> None:
     os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
     os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
     os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "sagebatch")
+
+
+@contextmanager
+def moto_requests_one_at_a_time() -> Iterator[None]:
+    """Make each request atomic inside moto, as it is on AWS.
+
+    moto's backends are not thread-safe: its TransactWriteItems deep-copies the table and restores the copy when
+    the transaction is cancelled, so two workers completing shards at the same moment could wipe each other's
+    counts (seen as a job stuck RUNNING). The local stack runs several handler invocations in parallel, so every
+    request moto serves is handled under one lock; the endpoint emulator's traffic is not moto's and is not held.
+    """
+    from moto.core.botocore_stubber import BotocoreStubber
+
+    original = BotocoreStubber.process_request
+    lock = threading.RLock()
+
+    def process_request(self: Any, request: Any) -> Any:
+        with lock:
+            return original(self, request)
+
+    BotocoreStubber.process_request = process_request  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        BotocoreStubber.process_request = original  # type: ignore[method-assign]
 
 
 class LocalStack:
