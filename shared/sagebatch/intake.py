@@ -26,6 +26,7 @@ from sagebatch.adapters.objects import InputUnreadable, LineSpan, ObjectInfo, Ob
 from sagebatch.adapters.queues import MessageSender
 from sagebatch.control import Lineage, RetryRefused, cancel, retry_lineage, retryable
 from sagebatch.finalize import results_key
+from sagebatch.lease import Lease
 from sagebatch.models import CONTROL_ADAPTER, CancelRequest, FinalizeRequest, JobSpec, ResultLine, RetryRequest, Shard
 from sagebatch.observability import logger
 from sagebatch.settings import Settings
@@ -222,6 +223,20 @@ class Intake:
         if not created and job.status != CREATING:
             logger.info("duplicate submission", extra={"job_id": job.job_id, "status": job.status})
             return IntakeOutcome(job.job_id, False, "duplicate")
+        # Two simultaneous deliveries of one submission both get here (the loser of create_job sees CREATING):
+        # only the holder of the job's enqueue lease sends the shards; the other waits until the job has started.
+        lease = Lease(self._jobs.lease(job.job_id, "enqueue"), self._settings.lease_seconds)
+        if not lease.acquire_or_wait(done=lambda: self._started(job.job_id), may_wait=lambda: True):
+            logger.info("duplicate submission", extra={"job_id": job.job_id, "status": "started by another intake"})
+            return IntakeOutcome(job.job_id, False, "duplicate")
+        with lease:
+            return self._enqueue(job, created, lineage)
+
+    def _started(self, job_id: str) -> bool:
+        current = self._jobs.get_job(job_id)
+        return current is None or current.status != CREATING
+
+    def _enqueue(self, job: Job, created: bool, lineage: Lineage | None) -> IntakeOutcome:
         try:
             info = self._objects.head(job.bucket, job.key, job.version_id)
             if self._objects.head_bytes(info, 2) == GZIP_MAGIC:

@@ -61,6 +61,7 @@ def shard_processor() -> ShardProcessor:
         runner,
         ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="record"),
         settings.stop_check_seconds,
+        settings.lease_seconds,
     )
 
 

@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     # How stale a worker's view of "was this job cancelled?" may be: one read per shard per interval instead
     # of one per record, at the price of up to this long of extra calls after a cancel.
     stop_check_seconds: float = Field(1.0, ge=0)
+    # A shard's (or a job's enqueueing) lease: renewed every third of this while the work runs, so a crashed
+    # holder's claim lapses within it and a redelivery takes over (sagebatch.lease).
+    lease_seconds: float = Field(60.0, ge=1)
 
     # Where job messages may point their `input`, besides this stack's own bucket (always allowed).
     # The environment holds template.yaml's AllowedInputLocations verbatim: comma-separated s3://bucket/prefix.

@@ -15,10 +15,11 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Callable
 
-from sagebatch.adapters.jobs import RUNNING, CREATING, JobStore, ShardCounts
+from sagebatch.adapters.jobs import CREATING, RUNNING, Job, JobStore, ShardCounts
 from sagebatch.adapters.objects import InputUnreadable, ObjectInfo, ObjectStore
 from sagebatch.adapters.queues import MessageSender
 from sagebatch.control import StopCheck
+from sagebatch.lease import Lease
 from sagebatch.models import FinalizeRequest, ResultLine, Shard
 from sagebatch.observability import logger
 from sagebatch.records import RecordRunner, RetryLater, failed
@@ -45,6 +46,7 @@ class ShardProcessor:
         runner: RecordRunner,
         record_pool: ThreadPoolExecutor,
         stop_check_seconds: float = 1.0,
+        lease_seconds: float = 60.0,
     ):
         self._jobs = jobs
         self._objects = objects
@@ -52,6 +54,7 @@ class ShardProcessor:
         self._runner = runner
         self._pool = record_pool
         self._stop_check_seconds = stop_check_seconds
+        self._lease_seconds = lease_seconds
 
     def process(self, shard: Shard, final_attempt: bool = False, keep_going: Callable[[], bool] = lambda: True) -> ShardOutcome:
         """Process the shard. On `final_attempt`, retryable failures are stored as failed results instead of retried."""
@@ -61,7 +64,15 @@ class ShardProcessor:
             return ShardOutcome(0, 0, 0)
         if self._jobs.shard_done(shard.job_id, shard.shard):
             return ShardOutcome(0, shard.lines, 0)
+        # Two copies of one shard (SQS delivers at least once) must not both call the endpoint: the first takes the
+        # shard's lease; a second waits for it to finish (or for a dead holder's lease to lapse), else comes back.
+        lease = Lease(self._jobs.lease(shard.job_id, f"shard#{shard.shard:08d}"), self._lease_seconds)
+        if not lease.acquire_or_wait(done=lambda: self._jobs.shard_done(shard.job_id, shard.shard), may_wait=keep_going):
+            return ShardOutcome(0, shard.lines, 0)
+        with lease:
+            return self._run(shard, job, final_attempt, lambda: keep_going() and lease.held)
 
+    def _run(self, shard: Shard, job: Job, final_attempt: bool, keep_going: Callable[[], bool]) -> ShardOutcome:
         last_line = shard.first_line + shard.lines - 1
         known = {r.line: r for r in self._jobs.results(shard.job_id, shard.first_line, last_line)}
         try:

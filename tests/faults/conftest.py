@@ -226,6 +226,9 @@ class Harness:
         return row
 
 
+LEASE_SECONDS = 2
+
+
 @pytest.fixture
 def harness(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Harness]]:
     """`harness(emulator=None, parallel=4, shard_records=4)`: a fresh local stack with the call log attached."""
@@ -235,6 +238,9 @@ def harness(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Harness]]
             run = stack.enter_context(local_stack(emulator=emulator, parallel=parallel))
             # After the stack applied the template's environment, before any handler read the settings.
             monkeypatch.setenv("SAGEBATCH_SHARD_RECORDS", str(shard_records))
+            # A killed worker cannot release its shard's lease; a short one lets the redelivery take over in
+            # seconds (in AWS the redelivery comes after the visibility timeout, long after any lease lapsed).
+            monkeypatch.setenv("SAGEBATCH_LEASE_SECONDS", str(LEASE_SECONDS))
             service.reset()
             serialize_moto()  # moto is not thread-safe (faults.py); DynamoDB's requests are atomic
             log = CallLog()

@@ -9,7 +9,7 @@ import pytest
 from sagebatch import service
 from sagebatch.local.faults import endpoint_line_of, fail_calls
 from sagebatch.models import FinalizeRequest, Shard
-from tests.faults.conftest import Doubled, DuplicateWork, gate
+from tests.faults.conftest import DuplicateWork, gate
 
 
 def test_duplicate_and_reordered_deliveries_generate_each_line_once(harness):
@@ -46,11 +46,6 @@ def test_duplicate_and_reordered_deliveries_generate_each_line_once(harness):
     assert h.run.jobs_in_table() == [job.job_id]
 
 
-@pytest.mark.xfail(
-    strict=True, raises=Doubled,
-    reason="BUG: two concurrent deliveries of one shard both generate its lines (worker.ShardProcessor.process has "
-    "no claim on a shard or record before calling the endpoint; put_result only dedupes the *stored* result)",
-)
 def test_concurrent_duplicate_deliveries_of_a_shard_generate_each_line_once(harness):
     h = harness()
     # Given a one-shard job whose work message SQS delivers twice at the same time (at-least-once delivery)
@@ -80,11 +75,6 @@ def test_concurrent_duplicate_deliveries_of_a_shard_generate_each_line_once(harn
     h.check(job, fault="concurrent duplicate work message", faults_tried=1)
 
 
-@pytest.mark.xfail(
-    strict=True, raises=DuplicateWork,
-    reason="BUG: two concurrent intakes of one S3 notification both enqueue every shard (intake.Intake._start "
-    "re-enqueues whenever the job is still CREATING, which it is for the loser of create_job's race)",
-)
 def test_concurrent_duplicate_notifications_enqueue_the_shards_once(harness):
     h = harness()
     # Given an 8-line drop (2 shards) whose notification two intake invocations receive at the same time

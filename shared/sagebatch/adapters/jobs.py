@@ -281,6 +281,44 @@ class JobStore:
                 return False
             raise
 
+    # -- leases (see sagebatch.lease) --------------------------------------------------------
+    def lease(self, job_id: str, name: str) -> "ItemLease":
+        """The lease item `name` of a job (e.g. one shard's, or the job's enqueueing)."""
+        return ItemLease(self, job_id, name)
+
+    def acquire_lease(self, job_id: str, name: str, owner: str, seconds: float) -> bool:
+        """Take or renew the lease unless another owner holds it and it has not lapsed."""
+        now = time.time()
+        try:
+            self._db.update_item(
+                TableName=self._table,
+                Key=_to_item({"pk": _pk(job_id), "sk": f"LEASE#{name}"}),
+                UpdateExpression="SET lease_owner = :me, lease_until = :until, expires_at = :ttl",
+                ConditionExpression="attribute_not_exists(pk) OR lease_until < :now OR lease_owner = :me",
+                ExpressionAttributeValues=_to_item(
+                    {":me": owner, ":until": now + seconds, ":now": now, ":ttl": int(now) + self._ttl_seconds}
+                ),
+            )
+            return True
+        except ClientError as error:
+            if _is_condition_failure(error):
+                return False
+            raise
+
+    def release_lease(self, job_id: str, name: str, owner: str) -> None:
+        """Let the lease lapse now (only if still ours), so a redelivery need not wait for its expiry."""
+        try:
+            self._db.update_item(
+                TableName=self._table,
+                Key=_to_item({"pk": _pk(job_id), "sk": f"LEASE#{name}"}),
+                UpdateExpression="SET lease_until = :zero",
+                ConditionExpression="lease_owner = :me",
+                ExpressionAttributeValues=_to_item({":zero": 0, ":me": owner}),
+            )
+        except ClientError as error:
+            if not _is_condition_failure(error):
+                raise
+
     # -- records ----------------------------------------------------------------------------
     def put_result(self, job_id: str, result: ResultLine) -> bool:
         """Store a record's result once; False when one was already stored (keep the first)."""
@@ -311,3 +349,16 @@ class JobStore:
         ):
             for item in page["Items"]:
                 yield ResultLine.model_validate_json(item["result"]["S"])
+
+
+class ItemLease:
+    """One lease item of a job, in the shape `sagebatch.lease.Lease` expects."""
+
+    def __init__(self, jobs: JobStore, job_id: str, name: str):
+        self._jobs, self._job_id, self._name = jobs, job_id, name
+
+    def acquire(self, owner: str, seconds: float) -> bool:
+        return self._jobs.acquire_lease(self._job_id, self._name, owner, seconds)
+
+    def release(self, owner: str) -> None:
+        self._jobs.release_lease(self._job_id, self._name, owner)
