@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Sequence
+import hashlib
+from typing import Any, Protocol, Sequence
 
 from pydantic import ValidationError
 
@@ -42,6 +43,14 @@ from sagebatch.models import (
 )
 from sagebatch.parameters import InvalidParameters, normalize
 from sagebatch.prompt import PromptFormatError
+
+
+class CallCache(Protocol):
+    """Answers of one record's endpoint calls, kept across deliveries (JobStore.call_cache: one item per call)."""
+
+    def get(self, key: str) -> CallResult | None: ...
+
+    def put(self, key: str, result: CallResult) -> None: ...
 
 
 class RetryLater(Exception):
@@ -113,7 +122,13 @@ class RecordRunner:
         return stopped(line, record_id, reason)
 
     def run(
-        self, line: int, raw: bytes, job_parameters: Parameters, job_fit: FitSettings | None, default_id: Any = None
+        self,
+        line: int,
+        raw: bytes,
+        job_parameters: Parameters,
+        job_fit: FitSettings | None,
+        default_id: Any = None,
+        cache: CallCache | None = None,
     ) -> ResultLine:
         """Answer one line. Raises RetryLater only for retryable endpoint failures.
 
@@ -156,7 +171,7 @@ class RecordRunner:
         try:
             outcome = answer(
                 _content(record), max_new_tokens, options, self._budget, self._tokenizer,
-                lambda calls: self._generate(calls, sent),
+                lambda calls: self._generate(calls, sent, cache),
             )
         except BudgetExceeded as error:
             return failed(line, record_id, "context_length_exceeded", str(error))
@@ -184,8 +199,14 @@ class RecordRunner:
             calls=outcome.calls,
         )
 
-    def _generate(self, calls: Sequence[Call], parameters: dict[str, Any]) -> list[CallResult]:
-        """Run one stage's calls concurrently; every call goes through the same caller and limiter."""
+    def _generate(self, calls: Sequence[Call], parameters: dict[str, Any], cache: CallCache | None) -> list[CallResult]:
+        """Run one stage's calls concurrently; every call goes through the same caller and limiter.
+
+        A stage of several calls (the chunks of `split` / `map_reduce`) keeps each answer in `cache` as it arrives,
+        so a redelivery after one chunk failed pays only for what is missing. A single call needs no cache: its
+        answer is the record's result, stored as soon as it exists.
+        """
+        use_cache = cache is not None and len(calls) > 1
 
         def one(call: Call) -> CallResult:
             payload = {
@@ -197,12 +218,23 @@ class RecordRunner:
                     "details": True,
                 },
             }
+            key = _call_key(payload) if use_cache else ""
+            if use_cache and (known := cache.get(key)) is not None:  # type: ignore[union-attr]
+                return known
             generation = self._caller.invoke(payload, cost_tokens=call.input_tokens)
-            return CallResult(text=generation.text, generated_tokens=generation.generated_tokens, finish_reason=generation.finish_reason)
+            result = CallResult(text=generation.text, generated_tokens=generation.generated_tokens, finish_reason=generation.finish_reason)
+            if use_cache:
+                cache.put(key, result)  # type: ignore[union-attr]
+            return result
 
         if len(calls) == 1:
             return [one(calls[0])]
         return list(self._pool.map(one, calls))
+
+
+def _call_key(payload: dict[str, Any]) -> str:
+    """Same request, same key: the chunk index in content form (a re-split of the same record gives the same calls)."""
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()[:32]
 
 
 def _describe(error: Exception) -> str:

@@ -95,7 +95,8 @@ class ShardProcessor:
             if not keep_going():
                 return None
             try:
-                return self._runner.run(line, raw, job.parameters, job.fit, shard.default_id(line))
+                return self._runner.run(line, raw, job.parameters, job.fit, shard.default_id(line),
+                                        self._jobs.call_cache(shard.job_id, line))
             except RetryLater as error:
                 if final_attempt:
                     return failed(line, error.record_id, f"endpoint_{error.error.kind.value}",

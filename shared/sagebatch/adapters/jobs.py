@@ -20,6 +20,7 @@ from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 from pydantic import BaseModel, Field
 
+from sagebatch.fitting import CallResult
 from sagebatch.models import FitSettings, Parameters, ResultLine, StopReason
 
 _SER = TypeSerializer()
@@ -281,6 +282,27 @@ class JobStore:
                 return False
             raise
 
+    # -- chunk answers (see records.CallCache) -------------------------------------------------
+    def call_cache(self, job_id: str, line: int) -> "CallItems":
+        return CallItems(self, job_id, line)
+
+    def get_call(self, job_id: str, line: int, key: str) -> CallResult | None:
+        response = self._db.get_item(
+            TableName=self._table, Key=_to_item({"pk": _pk(job_id), "sk": f"CALL#{line:012d}#{key}"}), ConsistentRead=True
+        )
+        if "Item" not in response:
+            return None
+        values = _from_item(response["Item"])
+        return CallResult(text=values["text"], generated_tokens=values["generated_tokens"], finish_reason=values["finish_reason"])
+
+    def put_call(self, job_id: str, line: int, key: str, result: CallResult) -> None:
+        self._db.put_item(
+            TableName=self._table,
+            Item=_to_item({"pk": _pk(job_id), "sk": f"CALL#{line:012d}#{key}", "text": result.text,
+                           "generated_tokens": result.generated_tokens, "finish_reason": result.finish_reason,
+                           "expires_at": int(time.time()) + self._ttl_seconds}),
+        )
+
     # -- leases (see sagebatch.lease) --------------------------------------------------------
     def lease(self, job_id: str, name: str) -> "ItemLease":
         """The lease item `name` of a job (e.g. one shard's, or the job's enqueueing)."""
@@ -362,3 +384,16 @@ class ItemLease:
 
     def release(self, owner: str) -> None:
         self._jobs.release_lease(self._job_id, self._name, owner)
+
+
+class CallItems:
+    """The stored chunk answers of one record, in the shape `records.CallCache` expects."""
+
+    def __init__(self, jobs: JobStore, job_id: str, line: int):
+        self._jobs, self._job_id, self._line = jobs, job_id, line
+
+    def get(self, key: str) -> CallResult | None:
+        return self._jobs.get_call(self._job_id, self._line, key)
+
+    def put(self, key: str, result: CallResult) -> None:
+        self._jobs.put_call(self._job_id, self._line, key, result)
