@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterator
+from contextlib import contextmanager
+from typing import Any, Iterator
 
+import boto3
 import pytest
 
+from sagebatch.emulator.server import Emulator, EmulatorServer
+from sagebatch.endpoint import runtime_client_config
 from sagebatch.local.session import LocalRun, local_stack
 from sagebatch.local.stack import use_fake_aws_environment
 
@@ -26,3 +30,17 @@ def stack() -> Iterator[LocalRun]:
 
 def jsonl(*records: object) -> bytes:
     return "".join((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n" for r in records).encode("utf-8")
+
+
+@contextmanager
+def serving(emulator: Emulator) -> Iterator[Any]:
+    """Serve `emulator` on loopback; yield a sagemaker-runtime client pointed at it."""
+    with EmulatorServer(emulator) as server:
+        yield boto3.client(
+            "sagemaker-runtime",
+            endpoint_url=server.url,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            config=runtime_client_config(),  # one attempt: botocore must not retry throttles behind our back
+        )

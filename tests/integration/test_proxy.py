@@ -8,20 +8,17 @@ import re
 import socket
 import threading
 import time
-from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Iterator
 
-import boto3
 import pytest
 
 from sagebatch.cli import main as sagebatch_main
 from sagebatch.emulator.proxy import ProxyConfig
-from sagebatch.emulator.server import Emulator, EmulatorConfig, EmulatorServer
-from sagebatch.endpoint import runtime_client_config
+from sagebatch.emulator.server import Emulator, EmulatorConfig
 from sagebatch.local.session import run_file
-from tests.conftest import jsonl
+from tests.conftest import jsonl, serving
 
 ENDPOINT = "mistral-7b-instruct"
 TGI_ANSWER = {
@@ -97,18 +94,9 @@ def fake_openai() -> Iterator[FakeUpstream]:
     upstream.close()
 
 
-@contextmanager
-def proxying(config: ProxyConfig) -> Iterator[Any]:
+def proxying(config: ProxyConfig):
     """The emulator in proxy mode on loopback; yields a sagemaker-runtime client pointed at it."""
-    with EmulatorServer(Emulator(endpoint_name=ENDPOINT, proxy=config)) as server:
-        yield boto3.client(
-            "sagemaker-runtime",
-            endpoint_url=server.url,
-            region_name="us-east-1",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-            config=runtime_client_config(),
-        )
+    return serving(Emulator(endpoint_name=ENDPOINT, proxy=config))
 
 
 def invoke(client: Any, body: dict[str, Any]) -> Any:

@@ -6,31 +6,15 @@ from __future__ import annotations
 import json
 import threading
 import time
-from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
-import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-from sagebatch.emulator.server import Emulator, EmulatorServer, FaultConfig
-from sagebatch.endpoint import runtime_client_config
+from sagebatch.emulator.server import Emulator, FaultConfig
+from tests.conftest import serving
 
 ENDPOINT = "mistral-7b-instruct"
-
-
-@contextmanager
-def serving(emulator: Emulator) -> Iterator[Any]:
-    """Serve `emulator` on loopback; yield a sagemaker-runtime client pointed at it."""
-    with EmulatorServer(emulator) as server:
-        yield boto3.client(
-            "sagemaker-runtime",
-            endpoint_url=server.url,
-            region_name="us-east-1",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-            config=runtime_client_config(),  # one attempt: botocore must not retry throttles behind our back
-        )
 
 
 def invoke(client: Any, inputs: str = "Say hello.", **parameters: Any) -> list[dict[str, Any]]:

@@ -33,7 +33,25 @@ CANCELLED, EXPIRED = "CANCELLED", "EXPIRED"
 FINISHED = (COMPLETED, FAILED, CANCELLED, EXPIRED)
 
 
-class Job(BaseModel):
+class ShardCounts(BaseModel):
+    """Record outcomes and usage: one shard's, or (summed once per shard) the whole job's."""
+
+    succeeded: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    expired: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    endpoint_calls: int = 0
+
+    def add(self, result: ResultLine) -> None:
+        setattr(self, result.status, getattr(self, result.status) + 1)
+        self.input_tokens += result.usage.input_tokens
+        self.output_tokens += result.usage.output_tokens
+        self.endpoint_calls += result.calls
+
+
+class Job(ShardCounts):
     """The job item as the service sees it."""
 
     job_id: str
@@ -56,30 +74,7 @@ class Job(BaseModel):
     total_records: int | None = None
     total_shards: int | None = None
     shards_done: int = 0
-    succeeded: int = 0
-    failed: int = 0
-    cancelled: int = 0
-    expired: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    endpoint_calls: int = 0
     error: str | None = None
-
-
-class ShardCounts(BaseModel):
-    succeeded: int = 0
-    failed: int = 0
-    cancelled: int = 0
-    expired: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    endpoint_calls: int = 0
-
-    def add(self, result: ResultLine) -> None:
-        setattr(self, result.status, getattr(self, result.status) + 1)
-        self.input_tokens += result.usage.input_tokens
-        self.output_tokens += result.usage.output_tokens
-        self.endpoint_calls += result.calls
 
 
 def _pk(job_id: str) -> str:
