@@ -108,7 +108,7 @@ class ShardProcessor:
             result = answer(*item)
             if result is None:
                 return None, False
-            result = _traced(shard, result)
+            result = self._flag_duplicate_id(shard, _traced(shard, result))
             return result, self._jobs.put_result(shard.job_id, result)
 
         futures = [self._pool.submit(run_and_store, item) for item in todo]
@@ -139,6 +139,16 @@ class ShardProcessor:
                    "not_run": counts.cancelled + counts.expired},
         )
         return ShardOutcome(stored, shard.lines - len(todo), 0, finalize_sent)
+
+    def _flag_duplicate_id(self, shard: Shard, result: ResultLine) -> ResultLine:
+        """Ids need not be unique (every result line has its unique `line`), but a user joining on ids should know."""
+        if result.id is None or result.id == shard.default_id(result.line):
+            return result
+        first = self._jobs.claim_id(shard.job_id, str(result.id), result.line)
+        if first == result.line:
+            return result
+        note = f"duplicate id: line {first} has the same id"
+        return result.model_copy(update={"notes": [*(result.notes or []), note]})
 
     def _lines(self, shard: Shard) -> list[tuple[int, bytes]]:
         """The shard's lines (without newline) numbered from `first_line`."""

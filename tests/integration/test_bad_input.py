@@ -140,3 +140,20 @@ def test_a_multi_megabyte_prompt_is_answered_from_its_head(stack):
     assert result["status"] == "succeeded"
     assert result["strategy"] == "truncate" and result["truncated"] is True
     assert result["usage"]["input_tokens"] <= 8191
+
+
+def test_a_duplicate_id_is_answered_and_flagged_on_the_later_line(stack):
+    # Given two lines with the same id (and a third with its own)
+    job_id = stack.drop_file(jsonl({"id": "q1", "prompt": "a"}, {"id": "q2", "prompt": "b"}, {"id": "q1", "prompt": "c"}),
+                             "inputs/dup-ids.jsonl")
+
+    # When the job runs
+    stack.wait_for(job_id)
+
+    # Then every line is answered, and one of the two q1 lines names the other (lines stay unique; which of the
+    # two is flagged depends on which claimed the id first, as they run concurrently)
+    results = stack.results(job_id)
+    assert [r["status"] for r in results] == ["succeeded"] * 3
+    assert results[1]["notes"] is None
+    flagged = sorted((r["line"], r["notes"]) for r in (results[0], results[2]) if r["notes"])
+    assert flagged in ([(1, ["duplicate id: line 3 has the same id"])], [(3, ["duplicate id: line 1 has the same id"])])

@@ -11,6 +11,7 @@ Every write that counts is conditional, so redelivered messages never count twic
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from decimal import Decimal
@@ -276,6 +277,22 @@ class JobStore:
             if _is_condition_failure(error):
                 return False
             raise
+
+    def claim_id(self, job_id: str, record_id: str, line: int) -> int:
+        """The first line that claimed this record id in the job (`line` itself if it is the first)."""
+        key = _to_item({"pk": _pk(job_id), "sk": "ID#" + hashlib.sha256(record_id.encode("utf-8")).hexdigest()[:32]})
+        try:
+            self._db.put_item(
+                TableName=self._table,
+                Item={**key, **_to_item({"line": line, "expires_at": int(time.time()) + self._ttl_seconds})},
+                ConditionExpression="attribute_not_exists(pk)",
+            )
+            return line
+        except ClientError as error:
+            if not _is_condition_failure(error):
+                raise
+        item = self._db.get_item(TableName=self._table, Key=key, ConsistentRead=True)["Item"]
+        return int(item["line"]["N"])
 
     # -- chunk answers (see records.CallCache) -------------------------------------------------
     def call_cache(self, job_id: str, line: int) -> "CallItems":
