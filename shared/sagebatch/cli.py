@@ -27,17 +27,20 @@ def _run(args: argparse.Namespace) -> int:
     from sagebatch.local.session import run_file
     from sagebatch.observability import logger
 
-    if not args.verbose:
-        logger.setLevel("WARNING")  # the handlers' JSON log lines would drown the summary
     config = _ready(args.emulator_config, fatal=True)
     if config is None:
         return 1
+    level = logger.log_level
+    if not args.verbose:
+        logger.setLevel("WARNING")  # the handlers' JSON log lines would drown the summary
     started = time.monotonic()
     try:
         manifest = run_file(Path(args.file), Path(args.out), timeout_s=args.timeout, emulator=config)
     except (PipelineStalled, TimeoutError) as error:
         print(f"the job did not finish: {error}", file=sys.stderr)
         return 1
+    finally:
+        logger.setLevel(level)
     elapsed = time.monotonic() - started
     if manifest["status"] != "COMPLETED":
         print(f"job {manifest['job_id']} {manifest['status']}: {manifest.get('error')}", file=sys.stderr)

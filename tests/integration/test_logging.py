@@ -13,6 +13,7 @@ def test_no_prompt_or_output_text_reaches_the_logs(stack, caplog):
     # Given a job whose prompt holds a distinctive string and one bad line, with every record at the deployed level
     # (INFO; botocore's own DEBUG wire logs would show request bodies, and are off unless someone turns them on)
     caplog.set_level(logging.INFO)
+    caplog.set_level(logging.INFO, logger="sagebatch")
     job_id = stack.drop_file(jsonl({"id": "s", "prompt": SECRET_PROMPT}, '{"prompt": "' + SECRET_PROMPT), "inputs/secret.jsonl")
 
     # When the job runs to the end
