@@ -168,3 +168,22 @@ def test_a_request_over_max_concurrent_requests_is_overloaded():
     assert json.loads(response["OriginalMessage"]) == {"error": "Model is overloaded", "error_type": "overloaded"}
     assert first and first[0][0]["generated_text"]
     assert emulator.stats.overloaded == 1
+
+
+@pytest.mark.parametrize("max_new_tokens", [4, 64, 200])
+def test_generated_text_is_deterministic_and_its_token_count_matches_the_details(max_new_tokens):
+    # Given the emulator and one prompt asked twice
+    from sagebatch.tokens import get_tokenizer
+
+    with serving(Emulator()) as client:
+        # When it answers
+        first = invoke(client, "Describe the river.", max_new_tokens=max_new_tokens)[0]
+        second = invoke(client, "Describe the river.", max_new_tokens=max_new_tokens)[0]
+
+    # Then the same input gives the same text, and the text's tokens (BOS excluded) are what details report
+    # (plus the EOS token TGI counts but does not print when the text ended on it)
+    details = first["details"]
+    text_tokens = get_tokenizer().count(first["generated_text"]) - 1
+    eos = 1 if details["finish_reason"] == "eos_token" else 0
+    assert first == second
+    assert details["generated_tokens"] == text_tokens + eos <= max_new_tokens
