@@ -15,7 +15,7 @@ import hashlib
 import json
 import time
 from decimal import Decimal
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
@@ -113,6 +113,18 @@ def _is_condition_failure(error: ClientError) -> bool:
     return False
 
 
+def _written(write: Callable[[], Any]) -> bool:
+    """Run one conditional write: True if it happened, False if its condition failed (it was done already, or
+    someone else got there first). Any other error is raised."""
+    try:
+        write()
+        return True
+    except ClientError as error:
+        if _is_condition_failure(error):
+            return False
+        raise
+
+
 class JobStore:
     def __init__(self, dynamodb: Any, table_name: str, ttl_days: int = 30):
         self._db = dynamodb
@@ -126,16 +138,12 @@ class JobStore:
         values["parameters"] = json.dumps(values["parameters"])
         values["fit"] = json.dumps(values["fit"]) if values["fit"] else None
         values.update(pk=_pk(job.job_id), sk="META", expires_at=int(job.created_at) + self._ttl_seconds)
-        try:
-            self._db.put_item(
+        if _written(lambda: self._db.put_item(
                 TableName=self._table,
                 Item=_to_item(values),
                 ConditionExpression="attribute_not_exists(pk)",
-            )
+            )):
             return job, True
-        except ClientError as error:
-            if not _is_condition_failure(error):
-                raise
         existing = self.get_job(job.job_id)
         assert existing is not None
         return existing, False
@@ -156,18 +164,14 @@ class JobStore:
         # The version (or ETag) intake read, so a retry re-reads exactly this input later.
         assignments += [f"{name} = {placeholder}" for name, placeholder in (("version_id", ":v"), ("etag", ":e"))
                         if values[placeholder]]
-        try:
-            self._db.update_item(
-                TableName=self._table,
-                Key=_to_item({"pk": _pk(job_id), "sk": "META"}),
-                UpdateExpression="SET " + ", ".join(assignments),
-                ConditionExpression="#s = :creating",
-                ExpressionAttributeNames={"#s": "status"},
-                ExpressionAttributeValues=_to_item(values),
-            )
-        except ClientError as error:
-            if not _is_condition_failure(error):
-                raise
+        _written(lambda: self._db.update_item(
+            TableName=self._table,
+            Key=_to_item({"pk": _pk(job_id), "sk": "META"}),
+            UpdateExpression="SET " + ", ".join(assignments),
+            ConditionExpression="#s = :creating",
+            ExpressionAttributeNames={"#s": "status"},
+            ExpressionAttributeValues=_to_item(values),
+        ))
 
     def request_stop(self, job_id: str, reason: StopReason) -> tuple[Job | None, bool]:
         """Record why a CREATING or RUNNING job stops early: (the job as it now is, recorded by this call?).
@@ -204,36 +208,24 @@ class JobStore:
 
     def try_begin_finalize(self, job_id: str) -> bool:
         """RUNNING -> FINALIZING once every shard is done. Exactly one caller ever gets True."""
-        try:
-            self._db.update_item(
-                TableName=self._table,
-                Key=_to_item({"pk": _pk(job_id), "sk": "META"}),
-                UpdateExpression="SET #s = :finalizing",
-                ConditionExpression="#s = :running AND shards_done = total_shards",
-                ExpressionAttributeNames={"#s": "status"},
-                ExpressionAttributeValues=_to_item({":finalizing": FINALIZING, ":running": RUNNING}),
-            )
-            return True
-        except ClientError as error:
-            if _is_condition_failure(error):
-                return False
-            raise
+        return _written(lambda: self._db.update_item(
+            TableName=self._table,
+            Key=_to_item({"pk": _pk(job_id), "sk": "META"}),
+            UpdateExpression="SET #s = :finalizing",
+            ConditionExpression="#s = :running AND shards_done = total_shards",
+            ExpressionAttributeNames={"#s": "status"},
+            ExpressionAttributeValues=_to_item({":finalizing": FINALIZING, ":running": RUNNING}),
+        ))
 
     def complete_job(self, job_id: str, status: str = COMPLETED) -> bool:
-        try:
-            self._db.update_item(
-                TableName=self._table,
-                Key=_to_item({"pk": _pk(job_id), "sk": "META"}),
-                UpdateExpression="SET #s = :done, finished_at = :now",
-                ConditionExpression="#s = :finalizing",
-                ExpressionAttributeNames={"#s": "status"},
-                ExpressionAttributeValues=_to_item({":done": status, ":finalizing": FINALIZING, ":now": Decimal(str(time.time()))}),
-            )
-            return True
-        except ClientError as error:
-            if _is_condition_failure(error):
-                return False
-            raise
+        return _written(lambda: self._db.update_item(
+            TableName=self._table,
+            Key=_to_item({"pk": _pk(job_id), "sk": "META"}),
+            UpdateExpression="SET #s = :done, finished_at = :now",
+            ConditionExpression="#s = :finalizing",
+            ExpressionAttributeNames={"#s": "status"},
+            ExpressionAttributeValues=_to_item({":done": status, ":finalizing": FINALIZING, ":now": Decimal(str(time.time()))}),
+        ))
 
     # -- shards -----------------------------------------------------------------------------
     def shard_done(self, job_id: str, shard: int) -> bool:
@@ -244,53 +236,43 @@ class JobStore:
 
     def complete_shard(self, job_id: str, shard: int, counts: ShardCounts) -> bool:
         """Mark the shard done and add its counts to the job, atomically and at most once."""
-        try:
-            self._db.transact_write_items(
-                TransactItems=[
-                    {
-                        "Put": {
-                            "TableName": self._table,
-                            "Item": _to_item(
-                                {"pk": _pk(job_id), "sk": f"SHARD#{shard:08d}", **counts.model_dump(),
-                                 "expires_at": int(time.time()) + self._ttl_seconds}
-                            ),
-                            "ConditionExpression": "attribute_not_exists(pk)",
-                        }
-                    },
-                    {
-                        "Update": {
-                            "TableName": self._table,
-                            "Key": _to_item({"pk": _pk(job_id), "sk": "META"}),
-                            "UpdateExpression": "ADD shards_done :one, succeeded :s, failed :f, cancelled :c, expired :x, "
-                            "input_tokens :it, output_tokens :ot, endpoint_calls :ec",
-                            "ExpressionAttributeValues": _to_item(
-                                {":one": 1, ":s": counts.succeeded, ":f": counts.failed, ":c": counts.cancelled,
-                                 ":x": counts.expired, ":it": counts.input_tokens, ":ot": counts.output_tokens,
-                                 ":ec": counts.endpoint_calls}
-                            ),
-                        }
-                    },
-                ]
-            )
-            return True
-        except ClientError as error:
-            if _is_condition_failure(error):
-                return False
-            raise
+        return _written(lambda: self._db.transact_write_items(
+            TransactItems=[
+                {
+                    "Put": {
+                        "TableName": self._table,
+                        "Item": _to_item(
+                            {"pk": _pk(job_id), "sk": f"SHARD#{shard:08d}", **counts.model_dump(),
+                             "expires_at": int(time.time()) + self._ttl_seconds}
+                        ),
+                        "ConditionExpression": "attribute_not_exists(pk)",
+                    }
+                },
+                {
+                    "Update": {
+                        "TableName": self._table,
+                        "Key": _to_item({"pk": _pk(job_id), "sk": "META"}),
+                        "UpdateExpression": "ADD shards_done :one, succeeded :s, failed :f, cancelled :c, expired :x, "
+                        "input_tokens :it, output_tokens :ot, endpoint_calls :ec",
+                        "ExpressionAttributeValues": _to_item(
+                            {":one": 1, ":s": counts.succeeded, ":f": counts.failed, ":c": counts.cancelled,
+                             ":x": counts.expired, ":it": counts.input_tokens, ":ot": counts.output_tokens,
+                             ":ec": counts.endpoint_calls}
+                        ),
+                    }
+                },
+            ]
+        ))
 
     def claim_id(self, job_id: str, record_id: str, line: int) -> int:
         """The first line that claimed this record id in the job (`line` itself if it is the first)."""
         key = _to_item({"pk": _pk(job_id), "sk": "ID#" + hashlib.sha256(record_id.encode("utf-8")).hexdigest()[:32]})
-        try:
-            self._db.put_item(
+        if _written(lambda: self._db.put_item(
                 TableName=self._table,
                 Item={**key, **_to_item({"line": line, "expires_at": int(time.time()) + self._ttl_seconds})},
                 ConditionExpression="attribute_not_exists(pk)",
-            )
+            )):
             return line
-        except ClientError as error:
-            if not _is_condition_failure(error):
-                raise
         item = self._db.get_item(TableName=self._table, Key=key, ConsistentRead=True)["Item"]
         return int(item["line"]["N"])
 
@@ -323,53 +305,37 @@ class JobStore:
     def acquire_lease(self, job_id: str, name: str, owner: str, seconds: float) -> bool:
         """Take or renew the lease unless another owner holds it and it has not lapsed."""
         now = time.time()
-        try:
-            self._db.update_item(
-                TableName=self._table,
-                Key=_to_item({"pk": _pk(job_id), "sk": f"LEASE#{name}"}),
-                UpdateExpression="SET lease_owner = :me, lease_until = :until, expires_at = :ttl",
-                ConditionExpression="attribute_not_exists(pk) OR lease_until < :now OR lease_owner = :me",
-                ExpressionAttributeValues=_to_item(
-                    {":me": owner, ":until": now + seconds, ":now": now, ":ttl": int(now) + self._ttl_seconds}
-                ),
-            )
-            return True
-        except ClientError as error:
-            if _is_condition_failure(error):
-                return False
-            raise
+        return _written(lambda: self._db.update_item(
+            TableName=self._table,
+            Key=_to_item({"pk": _pk(job_id), "sk": f"LEASE#{name}"}),
+            UpdateExpression="SET lease_owner = :me, lease_until = :until, expires_at = :ttl",
+            ConditionExpression="attribute_not_exists(pk) OR lease_until < :now OR lease_owner = :me",
+            ExpressionAttributeValues=_to_item(
+                {":me": owner, ":until": now + seconds, ":now": now, ":ttl": int(now) + self._ttl_seconds}
+            ),
+        ))
 
     def release_lease(self, job_id: str, name: str, owner: str) -> None:
         """Let the lease lapse now (only if still ours), so a redelivery need not wait for its expiry."""
-        try:
-            self._db.update_item(
-                TableName=self._table,
-                Key=_to_item({"pk": _pk(job_id), "sk": f"LEASE#{name}"}),
-                UpdateExpression="SET lease_until = :zero",
-                ConditionExpression="lease_owner = :me",
-                ExpressionAttributeValues=_to_item({":zero": 0, ":me": owner}),
-            )
-        except ClientError as error:
-            if not _is_condition_failure(error):
-                raise
+        _written(lambda: self._db.update_item(
+            TableName=self._table,
+            Key=_to_item({"pk": _pk(job_id), "sk": f"LEASE#{name}"}),
+            UpdateExpression="SET lease_until = :zero",
+            ConditionExpression="lease_owner = :me",
+            ExpressionAttributeValues=_to_item({":zero": 0, ":me": owner}),
+        ))
 
     # -- records ----------------------------------------------------------------------------
     def put_result(self, job_id: str, result: ResultLine) -> bool:
         """Store a record's result once; False when one was already stored (keep the first)."""
-        try:
-            self._db.put_item(
-                TableName=self._table,
-                Item=_to_item(
-                    {"pk": _pk(job_id), "sk": _rec_sk(result.line), "result": result.model_dump_json(),
-                     "expires_at": int(time.time()) + self._ttl_seconds}
-                ),
-                ConditionExpression="attribute_not_exists(pk)",
-            )
-            return True
-        except ClientError as error:
-            if _is_condition_failure(error):
-                return False
-            raise
+        return _written(lambda: self._db.put_item(
+            TableName=self._table,
+            Item=_to_item(
+                {"pk": _pk(job_id), "sk": _rec_sk(result.line), "result": result.model_dump_json(),
+                 "expires_at": int(time.time()) + self._ttl_seconds}
+            ),
+            ConditionExpression="attribute_not_exists(pk)",
+        ))
 
     def results(self, job_id: str, first_line: int = 1, last_line: int | None = None) -> Iterator[ResultLine]:
         """Stored results in line order (a range, or the whole job)."""
