@@ -39,7 +39,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sagebatch.emulator.perf import ContainerTimeout, Overloaded, PerfParams, TgiScheduler
+from sagebatch.tooling.emulator.perf import ContainerTimeout, Overloaded, PerfParams, TgiScheduler
 
 PHRASE = "I believe the meaning of life is to "
 NEW_TOKENS = 128
@@ -316,11 +316,11 @@ def main(argv: list[str] | None = None) -> int:
     sys.setswitchinterval(0.0005)  # quicker GIL hand-offs: less client jitter at a high time_scale
     params = PerfParams()
     server = None
-    if args.http == "local":  # start sagebatch.emulator.server in-process, backed by a TgiScheduler
+    if args.http == "local":  # start sagebatch.tooling.emulator.server in-process, backed by a TgiScheduler
         try:
-            from sagebatch.emulator.server import Emulator, EmulatorServer  # noqa: PLC0415
+            from sagebatch.tooling.emulator.server import Emulator, EmulatorServer  # noqa: PLC0415
         except ImportError as exc:
-            print(f"--http local: sagebatch.emulator.server unavailable ({exc}); skipping", file=sys.stderr)
+            print(f"--http local: sagebatch.tooling.emulator.server unavailable ({exc}); skipping", file=sys.stderr)
             return 0
         sched = TgiScheduler(params, time_scale=args.http_time_scale)
         server = EmulatorServer(Emulator(endpoint_name=args.endpoint_name, scheduler=sched)).start()

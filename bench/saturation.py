@@ -1,6 +1,6 @@
 """Saturation benchmark: sagebatch's adaptive callers against the best fixed concurrency (the oracle).
 
-Runs in-process on the calibrated TGI 1.1 scheduler emulation (`sagebatch.emulator.perf.TgiScheduler`), in model
+Runs in-process on the calibrated TGI 1.1 scheduler emulation (`sagebatch.tooling.emulator.perf.TgiScheduler`), in model
 time sped up by `--time-scale`. For each workload (129, 513, 6,401 input tokens, 128 output tokens, and a
 85/10/5 % mix of the three):
 
@@ -41,11 +41,11 @@ try:
 except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "shared"))
 
-from sagebatch.caller import AdaptiveCaller
-from sagebatch.endpoint import EndpointError, ErrorKind, Generation
-from sagebatch.emulator.perf import ContainerTimeout, Overloaded, PerfParams, TgiScheduler
-from sagebatch.limiter import AdaptiveLimiter, InMemoryLimiterStore, LimiterSettings
-from sagebatch.retry import RetryBudget, RetryPolicy
+from sagebatch.endpoint.caller import AdaptiveCaller
+from sagebatch.domain.generation import EndpointError, ErrorKind, Generation
+from sagebatch.tooling.emulator.perf import ContainerTimeout, Overloaded, PerfParams, TgiScheduler
+from sagebatch.endpoint.limiter import AdaptiveLimiter, InMemoryLimiterStore, LimiterSettings
+from sagebatch.endpoint.retry import RetryBudget, RetryPolicy
 
 RESULTS = Path(__file__).resolve().parent / "results"
 OUTPUT_TOKENS = 128

@@ -32,9 +32,11 @@ import time  # noqa: E402
 from collections.abc import Callable, Sequence  # noqa: E402
 from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 
-from sagebatch.budget import TokenBudget  # noqa: E402
-from sagebatch.fitting import Call, CallResult, DocumentContent, FitOptions, Strategy, answer  # noqa: E402
-from sagebatch.tokens import get_tokenizer  # noqa: E402
+from sagebatch.domain.budget import TokenBudget  # noqa: E402
+from sagebatch.domain.fitting import Call, answer  # noqa: E402
+from sagebatch.domain.generation import Generation  # noqa: E402
+from sagebatch.domain.records import DocumentRecord, FitSettings, Strategy  # noqa: E402
+from sagebatch.domain.tokens import get_tokenizer  # noqa: E402
 
 WORDS = (
     "the of and to in is that for it as was with be by on not he this are or his from at which but "
@@ -78,8 +80,8 @@ def make_document(size_bytes: int, seed: int = 7) -> str:
     return "\n\n".join(parts)
 
 
-def no_op_endpoint(calls: Sequence[Call]) -> list[CallResult]:
-    return [CallResult("partial answer", 2, "eos_token") for _ in calls]
+def no_op_endpoint(calls: Sequence[Call]) -> list[Generation]:
+    return [Generation("partial answer", 2, "eos_token") for _ in calls]
 
 
 def best_time(action: Callable[[], object], repeat: int) -> tuple[float, object]:
@@ -116,9 +118,9 @@ def main() -> None:
         seconds, spans = best_time(lambda: tok.spans(document), args.repeat)
         rows.append(("spans", seconds, f"{len(spans)} spans"))
 
-        content = DocumentContent(instruction="Summarize the document.", document=document)
+        content = DocumentRecord(instruction="Summarize the document.", document=document)
         for strategy in (Strategy.SPLIT, Strategy.MAP_REDUCE):
-            options = FitOptions(strategy=strategy)
+            options = FitSettings(strategy=strategy)
             seconds, outcome = best_time(lambda: answer(content, 512, options, budget, tok, no_op_endpoint), args.repeat)
             rows.append((f"{strategy.value} 8192", seconds, f"{outcome.chunks} chunks, {outcome.calls} calls"))
 

@@ -16,7 +16,7 @@ long-context.jsonl   the seed's long-context QA (seed.md section 8) at the size 
 long-document.jsonl  a >= 30,000-token invented maintenance chronicle, "Summarise the document
                      in five bullet points.", under `map_reduce`.
 
-The token counts are checked with the real tokenizer (sagebatch.tokens) when it is importable.
+The token counts are checked with the real tokenizer (sagebatch.domain.tokens) when it is importable.
 """
 
 from __future__ import annotations
@@ -493,9 +493,9 @@ def measure(files: dict[Path, list[dict]]) -> None:
     """Print word and token counts; fail if an example is not as long as it must be."""
     try:
         sys.path.insert(0, str(HERE.parent / "shared"))
-        from sagebatch.tokens import get_tokenizer
+        from sagebatch.domain.tokens import get_tokenizer
     except ImportError:  # pragma: no cover - the venv has it
-        print("sagebatch.tokens not importable: token counts not checked", file=sys.stderr)
+        print("sagebatch.domain.tokens not importable: token counts not checked", file=sys.stderr)
         return
     tok = get_tokenizer()
     passage = files[LONG_CONTEXT][0]["document"]

@@ -11,10 +11,10 @@ from typing import Any, Iterator
 import boto3
 import pytest
 
-from sagebatch.emulator.server import Emulator, EmulatorServer
-from sagebatch.endpoint import runtime_client_config
-from sagebatch.local.session import LocalRun, local_stack
-from sagebatch.local.stack import use_fake_aws_environment
+from sagebatch.tooling.emulator.server import Emulator, EmulatorServer
+from sagebatch.endpoint.sagemaker import runtime_client_config
+from sagebatch.tooling.local.session import LocalRun, local_stack
+from sagebatch.tooling.local.stack import use_fake_aws_environment
 
 ROOT = Path(__file__).resolve().parents[1]
 

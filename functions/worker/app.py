@@ -1,6 +1,6 @@
 """Lambda entry point: worker. All logic lives in the sagebatch layer (shared/)."""
 
-from sagebatch import handlers
+from sagebatch.lambdas import handlers
 from sagebatch.observability import logger
 
 

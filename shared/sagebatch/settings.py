@@ -9,7 +9,14 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from sagebatch.models import MAX_JOB_DEADLINE_S
+from sagebatch.domain.limits import (
+    DEFAULT_JOB_DEADLINE_S,
+    DEFAULT_MAX_NEW_TOKENS,
+    ENDPOINT_MAX_CONCURRENCY,
+    MAX_INPUT_LENGTH,
+    MAX_JOB_DEADLINE_S,
+    MAX_TOTAL_TOKENS,
+)
 
 # s3://bucket/prefix, as template.yaml's AllowedInputLocations pattern allows it (the prefix may be empty).
 # No wildcards: the template turns each entry into an IAM resource ARN.
@@ -52,10 +59,10 @@ class Settings(BaseSettings):
     # Set only for the local stack and tests: the emulator's loopback URL.
     endpoint_url: str | None = None
 
-    max_input_length: int = Field(8191, ge=1)
-    max_total_tokens: int = Field(8192, ge=2)
-    default_max_new_tokens: int = Field(512, ge=1)
-    endpoint_max_concurrency: int = Field(120, ge=1)
+    max_input_length: int = Field(MAX_INPUT_LENGTH, ge=1)
+    max_total_tokens: int = Field(MAX_TOTAL_TOKENS, ge=2)
+    default_max_new_tokens: int = Field(DEFAULT_MAX_NEW_TOKENS, ge=1)
+    endpoint_max_concurrency: int = Field(ENDPOINT_MAX_CONCURRENCY, ge=1)
     worker_max_concurrency: int = Field(8, ge=1)
 
     # Records per work message: small enough that one Lambda finishes a shard well inside
@@ -66,12 +73,12 @@ class Settings(BaseSettings):
     job_ttl_days: int = Field(30, ge=1)
     # A job's deadline when its message sets none (template.yaml's JobDeadlineSeconds). Three days leaves a day
     # before the work queue's 4-day retention deletes shards still queued: they are then answered as `expired`.
-    default_job_deadline_s: int = Field(259_200, ge=1, le=MAX_JOB_DEADLINE_S)
+    default_job_deadline_s: int = Field(DEFAULT_JOB_DEADLINE_S, ge=1, le=MAX_JOB_DEADLINE_S)
     # How stale a worker's view of "was this job cancelled?" may be: one read per shard per interval instead
     # of one per record, at the price of up to this long of extra calls after a cancel.
     stop_check_seconds: float = Field(1.0, ge=0)
     # A shard's (or a job's enqueueing) lease: renewed every third of this while the work runs, so a crashed
-    # holder's claim lapses within it and a redelivery takes over (sagebatch.lease).
+    # holder's claim lapses within it and a redelivery takes over (sagebatch.usecases.lease).
     lease_seconds: float = Field(60.0, ge=1)
 
     # Where job messages may point their `input`, besides this stack's own bucket (always allowed).

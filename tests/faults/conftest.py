@@ -29,12 +29,12 @@ from typing import Any, Callable, Iterator
 import boto3
 import pytest
 
-from sagebatch import service
-from sagebatch.finalize import manifest_key, results_key
-from sagebatch.local.faults import CallLog, generations_per_line, marked_records, serialize_moto
-from sagebatch.local.runner import EventSourcePoller, LambdaContext, sqs_event
-from sagebatch.local.session import LocalRun, local_stack
-from sagebatch.local.stack import REGION
+from sagebatch.lambdas import service
+from sagebatch.domain.layout import manifest_key, results_key
+from sagebatch.tooling.local.faults import CallLog, generations_per_line, marked_records, serialize_moto
+from sagebatch.tooling.local.runner import EventSourcePoller, LambdaContext, sqs_event
+from sagebatch.tooling.local.session import LocalRun, local_stack
+from sagebatch.tooling.local.stack import REGION
 from tests.conftest import jsonl
 
 SHARD_RECORDS = 4

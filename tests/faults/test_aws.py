@@ -8,8 +8,8 @@ from contextlib import ExitStack
 import boto3
 import pytest
 
-from sagebatch.finalize import results_key
-from sagebatch.local.faults import (
+from sagebatch.domain.layout import results_key
+from sagebatch.tooling.local.faults import (
     After,
     S3_INTERNAL_ERROR,
     S3_SLOW_DOWN,
@@ -19,7 +19,7 @@ from sagebatch.local.faults import (
     result_line_of,
     s3_key_endswith,
 )
-from sagebatch.local.stack import REGION
+from sagebatch.tooling.local.stack import REGION
 from tests.faults.conftest import wait_until
 
 SDK_ATTEMPTS = 5  # adapters/clients.py: standard mode, total_max_attempts 5

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-from sagebatch.local.faults import InjectedCrash, fail_calls
-from sagebatch.local.session import local_stack
+from sagebatch.tooling.local.faults import InjectedCrash, fail_calls
+from sagebatch.tooling.local.session import local_stack
 from tests.conftest import ROOT
 
 

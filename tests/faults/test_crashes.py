@@ -7,9 +7,9 @@ import threading
 
 import pytest
 
-from sagebatch.handlers import CALL_TIME_RESERVE_MS
-from sagebatch.local.faults import InjectedCrash, ProcessKill, fail_calls, generations_per_line, result_line_of
-from sagebatch.local.runner import LambdaContext
+from sagebatch.lambdas.handlers import CALL_TIME_RESERVE_MS
+from sagebatch.tooling.local.faults import InjectedCrash, ProcessKill, fail_calls, generations_per_line, result_line_of
+from sagebatch.tooling.local.runner import LambdaContext
 from tests.faults.conftest import wait_until
 
 

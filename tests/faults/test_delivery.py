@@ -6,9 +6,9 @@ import threading
 
 import pytest
 
-from sagebatch import service
-from sagebatch.local.faults import endpoint_line_of, fail_calls
-from sagebatch.models import FinalizeRequest, Shard
+from sagebatch.lambdas import service
+from sagebatch.tooling.local.faults import endpoint_line_of, fail_calls
+from sagebatch.domain.messages import FinalizeRequest, Shard
 from tests.faults.conftest import DuplicateWork, gate
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from sagebatch.emulator.server import Emulator, FaultConfig
-from sagebatch.handlers import FINAL_ATTEMPT_RECEIVE_COUNT
-from sagebatch.local.faults import FaultyEmulator, emulator_faults, endpoint_line_of, fail_calls, forward_then_time_out
+from sagebatch.tooling.emulator.server import Emulator, FaultConfig
+from sagebatch.lambdas.handlers import FINAL_ATTEMPT_RECEIVE_COUNT
+from sagebatch.tooling.local.faults import FaultyEmulator, emulator_faults, endpoint_line_of, fail_calls, forward_then_time_out
 
 
 def test_a_429_storm_is_retried_until_every_record_succeeds(harness):

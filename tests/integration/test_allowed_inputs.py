@@ -8,8 +8,8 @@ from typing import Iterator
 import boto3
 import pytest
 
-from sagebatch.intake import S3Drop
-from sagebatch.local.session import LocalRun, local_stack
+from sagebatch.usecases.intake import S3Drop
+from sagebatch.tooling.local.session import LocalRun, local_stack
 from tests.conftest import jsonl
 
 PARTNER = "partner-data"

@@ -41,7 +41,7 @@ BAD_LINES: list[tuple[str | bytes, str | None, str]] = [
 @pytest.fixture(scope="module")
 def bad_job_results():
     """One job: GOOD, bad 1, GOOD, bad 2, ..., GOOD; returns its result lines and the emulator's stats."""
-    from sagebatch.local.session import local_stack
+    from sagebatch.tooling.local.session import local_stack
 
     lines: list[bytes] = [json.dumps(GOOD).encode()]
     for content, _, _ in BAD_LINES:

@@ -24,13 +24,13 @@ import boto3
 import pytest
 from aws_lambda_powertools.utilities.parser.models import S3SqsEventNotificationModel, SqsModel
 
-from sagebatch.adapters.jobs import COMPLETED, FINALIZING, RUNNING
-from sagebatch.intake import job_id_for
-from sagebatch.local.runner import LambdaContext, load_handler, sqs_event
-from sagebatch.local.session import LocalRun
-from sagebatch.local.stack import ACCOUNT, REGION
-from sagebatch.local.template import SqsTrigger, load_template, sqs_triggers
-from sagebatch.models import FinalizeRequest, Shard
+from sagebatch.domain.job import JobStatus
+from sagebatch.usecases.intake import job_id_for
+from sagebatch.tooling.local.runner import LambdaContext, load_handler, sqs_event
+from sagebatch.tooling.local.session import LocalRun
+from sagebatch.tooling.local.stack import ACCOUNT, REGION
+from sagebatch.tooling.local.template import SqsTrigger, load_template, sqs_triggers
+from sagebatch.domain.messages import FinalizeRequest, Shard
 from tests.conftest import ROOT, jsonl
 
 EVENTS_DIR = ROOT / "events"
@@ -166,7 +166,7 @@ def submit_eval_job(stack: LocalRun) -> str:
                "Attributes": {"ApproximateReceiveCount": "1"}}
     deliver(stack, "IntakeFunction", [message])
     job = stack.jobs.get_job(EVAL_JOB_ID)
-    assert job is not None and job.status == RUNNING, f"intake did not start {EVAL_JOB_ID}: {job}"
+    assert job is not None and job.status == JobStatus.RUNNING, f"intake did not start {EVAL_JOB_ID}: {job}"
     return EVAL_JOB_ID
 
 
@@ -197,7 +197,7 @@ def _then_a_job_runs_over_the_decoded_key(stack: LocalRun, event: dict[str, Any]
     job_id = job_id_for(f"s3://{stack.stack.bucket}/{DROP_KEY}#{version}")
     job = stack.jobs.get_job(job_id)
     assert job is not None, f"no job {job_id} for s3://{stack.stack.bucket}/{DROP_KEY}"
-    assert (job.status, job.key, job.version_id, job.total_records) == (RUNNING, DROP_KEY, version, 2)
+    assert (job.status, job.key, job.version_id, job.total_records) == (JobStatus.RUNNING, DROP_KEY, version, 2)
     assert job.source == f"s3://{stack.stack.bucket}/{DROP_KEY}"
     shards = [Shard.model_validate_json(m["Body"]) for m in receive_all(stack, "WorkQueue")]
     assert [(s.job_id, s.key, s.lines) for s in shards] == [(job_id, DROP_KEY, 2)]
@@ -224,11 +224,11 @@ def _then_each_record_starts_a_job(stack: LocalRun, event: dict[str, Any]) -> No
     # The s3:// submission: a job keyed by its client token, over the named object, with the job parameters.
     eval_job = stack.jobs.get_job(EVAL_JOB_ID)
     assert eval_job is not None, f"no job for client token {EVAL_CLIENT_TOKEN}"
-    assert (eval_job.status, eval_job.bucket, eval_job.key, eval_job.total_records) == (RUNNING, stack.stack.bucket, EVAL_KEY, 3)
+    assert (eval_job.status, eval_job.bucket, eval_job.key, eval_job.total_records) == (JobStatus.RUNNING, stack.stack.bucket, EVAL_KEY, 3)
     assert eval_job.parameters.model_dump(exclude_none=True) == EVAL_PARAMETERS
     # The inline submission: its records stored as the job's input, one line each.
     inline_job = stack.jobs.get_job(INLINE_JOB_ID)
-    assert inline_job is not None and (inline_job.status, inline_job.total_records) == (RUNNING, 2)
+    assert inline_job is not None and (inline_job.status, inline_job.total_records) == (JobStatus.RUNNING, 2)
     assert inline_job.parameters.model_dump(exclude_none=True) == {"max_new_tokens": 128}
     assert stack.read(f"jobs/{INLINE_JOB_ID}/input.jsonl") == jsonl(*INLINE_RECORDS)
     shards = sorted((s.job_id, s.lines) for s in (Shard.model_validate_json(m["Body"]) for m in receive_all(stack, "WorkQueue")))
@@ -250,22 +250,22 @@ def _given_the_job_of_the_shard(stack: LocalRun, event: dict[str, Any]) -> dict[
 
 def _then_the_shard_results_are_stored(stack: LocalRun, event: dict[str, Any]) -> None:
     # One succeeded result per line of the shard, the shard counted, and (the job's only shard) finalization begun.
-    results = list(stack.jobs.results(EVAL_JOB_ID))
+    results = list(stack.result_store.results(EVAL_JOB_ID))
     assert [(r.line, r.id, r.status) for r in results] == EVAL_OUTCOMES
     assert all(r.output and r.usage.output_tokens <= EVAL_PARAMETERS["max_new_tokens"] for r in results)
     job = stack.jobs.get_job(EVAL_JOB_ID)
-    assert job is not None and (job.shards_done, job.succeeded, job.status) == (1, 3, FINALIZING)
+    assert job is not None and (job.shards_done, job.succeeded, job.status) == (1, 3, JobStatus.FINALIZING)
     finalize = [FinalizeRequest.model_validate_json(m["Body"]) for m in receive_all(stack, "FinalizeQueue")]
     assert finalize == [FinalizeRequest(job_id=EVAL_JOB_ID)]
 
 
 def _given_a_job_waiting_to_be_finalized(stack: LocalRun, event: dict[str, Any]) -> dict[str, Any]:
-    # The job named by the sample, run through real intake and worker handlers up to FINALIZING.
+    # The job named by the sample, run through real intake and worker handlers up to JobStatus.FINALIZING.
     sample = FinalizeRequest.model_validate_json(event["Records"][0]["body"])
     assert submit_eval_job(stack) == sample.job_id, "the finalizer sample's job_id is not the nightly-eval job's"
     deliver(stack, "WorkerFunction", receive_all(stack, "WorkQueue"))
     job = stack.jobs.get_job(sample.job_id)
-    assert job is not None and job.status == FINALIZING
+    assert job is not None and job.status == JobStatus.FINALIZING
     # The worker sent the very message the sample holds.
     real = [FinalizeRequest.model_validate_json(m["Body"]) for m in receive_all(stack, "FinalizeQueue")]
     assert real == [sample]
@@ -273,13 +273,13 @@ def _given_a_job_waiting_to_be_finalized(stack: LocalRun, event: dict[str, Any])
 
 
 def _then_results_and_manifest_are_written(stack: LocalRun, event: dict[str, Any]) -> None:
-    # results.jsonl in input order, a COMPLETED manifest with the counts, and the job closed.
+    # results.jsonl in input order, a JobStatus.COMPLETED manifest with the counts, and the job closed.
     results = stack.results(EVAL_JOB_ID)
     assert [(r["line"], r["id"], r["status"]) for r in results] == EVAL_OUTCOMES
     manifest = stack.manifest(EVAL_JOB_ID)
-    assert manifest["status"] == COMPLETED and manifest["counts"] == {"total": 3, "succeeded": 3, "failed": 0}
+    assert manifest["status"] == JobStatus.COMPLETED and manifest["counts"] == {"total": 3, "succeeded": 3, "failed": 0}
     assert manifest["input"] == f"s3://{stack.stack.bucket}/{EVAL_KEY}"
-    assert stack.jobs.get_job(EVAL_JOB_ID).status == COMPLETED  # type: ignore[union-attr]
+    assert stack.jobs.get_job(EVAL_JOB_ID).status == JobStatus.COMPLETED  # type: ignore[union-attr]
 
 
 SCENARIOS: dict[str, Scenario] = {

@@ -15,10 +15,11 @@ from typing import Any, Callable, Iterator
 import boto3
 import pytest
 
-from sagebatch import cli, service
-from sagebatch.emulator.server import EmulatorConfig, FaultConfig
-from sagebatch.local.runner import dlq_depths
-from sagebatch.local.session import LocalRun, local_stack
+from sagebatch.lambdas import service
+from sagebatch.tooling import cli
+from sagebatch.tooling.emulator.server import EmulatorConfig, FaultConfig
+from sagebatch.tooling.local.runner import dlq_depths
+from sagebatch.tooling.local.session import LocalRun, local_stack
 from tests.conftest import jsonl
 
 SHARD_RECORDS = 2  # the poller's worker batch is 2 messages, so one round answers 4 records

@@ -14,10 +14,10 @@ from typing import Any, Iterator
 
 import pytest
 
-from sagebatch.cli import main as sagebatch_main
-from sagebatch.emulator.proxy import ProxyConfig
-from sagebatch.emulator.server import Emulator, EmulatorConfig
-from sagebatch.local.session import run_file
+from sagebatch.tooling.cli import main as sagebatch_main
+from sagebatch.tooling.emulator.proxy import ProxyConfig
+from sagebatch.tooling.emulator.server import Emulator, EmulatorConfig
+from sagebatch.tooling.local.session import run_file
 from tests.conftest import jsonl, serving
 
 ENDPOINT = "mistral-7b-instruct"

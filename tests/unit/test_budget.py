@@ -1,4 +1,4 @@
-"""The TGI length rule (sagebatch.budget)."""
+"""The TGI length rule (sagebatch.domain.budget)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pickle
 import pytest
 from pydantic import ValidationError
 
-from sagebatch.budget import BudgetExceeded, TokenBudget
+from sagebatch.domain.budget import BudgetExceeded, TokenBudget
 
 JUMPSTART = TokenBudget()
 

@@ -13,20 +13,12 @@ from collections.abc import Sequence
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from sagebatch.budget import BudgetExceeded, TokenBudget
-from sagebatch.fitting import (
-    SUPPORTED,
-    Call,
-    CallResult,
-    ChatContent,
-    DocumentContent,
-    FitOptions,
-    PromptContent,
-    RawContent,
-    answer,
-)
-from sagebatch.prompt import Message
-from sagebatch.tokens import get_tokenizer
+from sagebatch.domain.budget import BudgetExceeded, TokenBudget
+from sagebatch.domain.fitting import SUPPORTED, Call, answer
+from sagebatch.domain.generation import Generation
+from sagebatch.domain.records import ChatRecord, DocumentRecord, FitSettings, PromptRecord, RawRecord
+from sagebatch.domain.prompt import Message
+from sagebatch.domain.tokens import get_tokenizer
 
 TOK = get_tokenizer()
 
@@ -77,7 +69,7 @@ texts = st.one_of(short_texts, long_texts, long_texts)
 
 
 @st.composite
-def chats(draw) -> ChatContent:
+def chats(draw) -> ChatRecord:
     exchanges = draw(st.integers(min_value=0, max_value=6))
     messages = []
     if draw(st.booleans()):
@@ -86,14 +78,14 @@ def chats(draw) -> ChatContent:
         messages.append(Message(role="user", content=draw(texts)))
         messages.append(Message(role="assistant", content=draw(short_texts)))
     messages.append(Message(role="user", content=draw(texts)))
-    return ChatContent(messages=messages)
+    return ChatRecord(messages=messages)
 
 
 contents = st.one_of(
-    st.builds(PromptContent, text=texts),
+    st.builds(PromptRecord, prompt=texts),
     chats(),
-    st.builds(DocumentContent, instruction=short_texts, document=texts, system=st.none() | short_texts),
-    st.builds(RawContent, inputs=texts.filter(bool)),
+    st.builds(DocumentRecord, instruction=short_texts, document=texts, system=st.none() | short_texts),
+    st.builds(RawRecord, inputs=texts.filter(bool)),
 )
 
 
@@ -104,13 +96,13 @@ class RecordingEndpoint:
         self.random = random.Random(seed)
         self.calls: list[Call] = []
 
-    def __call__(self, calls: Sequence[Call]) -> list[CallResult]:
+    def __call__(self, calls: Sequence[Call]) -> list[Generation]:
         self.calls.extend(calls)
         results = []
         for call in calls:
             n = self.random.randint(1, call.max_new_tokens)
             text = " ".join(self.random.choice(["answer", "part", "世界", "😀", "x"]) for _ in range(n))
-            results.append(CallResult(text, n, self.random.choice(["length", "eos_token"])))
+            results.append(Generation(text, n, self.random.choice(["length", "eos_token"])))
         return results
 
 
@@ -124,7 +116,7 @@ class RecordingEndpoint:
 def test_every_call_passes_tgi_length_checks_or_the_record_is_rejected(content, budget, max_new_tokens, data) -> None:
     # Given random content, budget, max_new_tokens and a strategy that applies to the shape
     strategy = data.draw(st.none() | st.sampled_from(sorted(SUPPORTED[type(content)], key=lambda s: s.value)))
-    options = FitOptions(
+    options = FitSettings(
         strategy=strategy,
         keep=data.draw(st.sampled_from(["head", "tail"])),
         chunk_tokens=data.draw(st.none() | st.integers(min_value=32, max_value=3000)),

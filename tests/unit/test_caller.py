@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from sagebatch.caller import AdaptiveCaller, make_default_caller
-from sagebatch.endpoint import EndpointError, ErrorKind, Generation
-from sagebatch.limiter import AdaptiveLimiter, InMemoryLimiterStore, LimiterSettings
-from sagebatch.retry import RetryBudget, RetryPolicy
+from sagebatch.endpoint.caller import AdaptiveCaller, make_default_caller
+from sagebatch.domain.generation import EndpointError, ErrorKind, Generation
+from sagebatch.endpoint.limiter import AdaptiveLimiter, InMemoryLimiterStore, LimiterSettings
+from sagebatch.endpoint.retry import RetryBudget, RetryPolicy
 
 
 class FakeClock:

@@ -5,10 +5,15 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from sagebatch.adapters.jobs import Job
-from sagebatch.adapters.queues import MoveTaskUnsupported, region_of_queue_url
-from sagebatch.control import RetryRefused, StopCheck, describe, final_status, redrive, retry_lineage, retryable
-from sagebatch.models import CONTROL_ADAPTER, RecordError, ResultLine
+from sagebatch.adapters.queues import region_of_queue_url
+from sagebatch.domain.job import Job, final_status
+from sagebatch.domain.messages import CONTROL_ADAPTER
+from sagebatch.domain.results import RecordError, ResultLine
+from sagebatch.ports import MoveTaskUnsupported
+from sagebatch.usecases.control.redrive import redrive
+from sagebatch.usecases.control.report import describe
+from sagebatch.usecases.control.retry import RetryRefused, retry_lineage, retryable
+from sagebatch.usecases.control.stop import StopCheck
 
 
 class FakeJobs:

@@ -6,8 +6,8 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from sagebatch.deploy import EndpointPlan, check_image, delete, tgi_environment
-from sagebatch.local.template import load_template
+from sagebatch.tooling.deploy import EndpointPlan, check_image, delete, tgi_environment
+from sagebatch.tooling.local.template import load_template
 from tests.conftest import ROOT
 
 TGI_110 = "763104351884.dkr.ecr.us-east-1.amazonaws.com/huggingface-pytorch-tgi-inference:2.0.1-tgi1.1.0-gpu-py39-cu118-ubuntu20.04"
@@ -69,7 +69,7 @@ def test_delete_removes_the_endpoint_its_config_and_its_model():
 
 def test_the_deploy_command_dry_run_prints_the_plan_without_calling_aws(capsys):
     # Given the CLI with --dry-run and a smaller context than the default
-    from sagebatch.cli import main
+    from sagebatch.tooling.cli import main
 
     # When it runs
     code = main(["deploy-endpoint", "--dry-run", "--max-input-length", "4095", "--max-total-tokens", "4096"])

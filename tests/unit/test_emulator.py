@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from sagebatch.emulator.server import Emulator, FaultConfig
+from sagebatch.tooling.emulator.server import Emulator, FaultConfig
 from tests.conftest import serving
 
 ENDPOINT = "mistral-7b-instruct"
@@ -173,7 +173,7 @@ def test_a_request_over_max_concurrent_requests_is_overloaded():
 @pytest.mark.parametrize("max_new_tokens", [4, 64, 200])
 def test_generated_text_is_deterministic_and_its_token_count_matches_the_details(max_new_tokens):
     # Given the emulator and one prompt asked twice
-    from sagebatch.tokens import get_tokenizer
+    from sagebatch.domain.tokens import get_tokenizer
 
     with serving(Emulator()) as client:
         # When it answers

@@ -7,7 +7,8 @@ import json
 import pytest
 from botocore.exceptions import ClientError
 
-from sagebatch.endpoint import MAX_PAYLOAD_BYTES, EndpointError, ErrorKind, SageMakerEndpoint, classify_client_error, parse_generation
+from sagebatch.domain.generation import EndpointError, ErrorKind
+from sagebatch.endpoint.sagemaker import MAX_PAYLOAD_BYTES, SageMakerEndpoint, classify_client_error, parse_generation
 
 
 class RecordingClient:

@@ -1,4 +1,4 @@
-"""Strategies for records that do not fit (sagebatch.fitting), with a fake endpoint."""
+"""Strategies for records that do not fit (sagebatch.domain.fitting), with a fake endpoint."""
 
 from __future__ import annotations
 
@@ -7,22 +7,12 @@ from collections.abc import Callable, Sequence
 
 import pytest
 
-from sagebatch.budget import BudgetExceeded, TokenBudget
-from sagebatch.fitting import (
-    Call,
-    CallResult,
-    ChatContent,
-    DocumentContent,
-    FitOptions,
-    PromptContent,
-    RawContent,
-    Strategy,
-    UnsupportedStrategy,
-    answer,
-    default_strategy,
-)
-from sagebatch.prompt import Message, PromptFormatError, render_messages
-from sagebatch.tokens import get_tokenizer
+from sagebatch.domain.budget import BudgetExceeded, TokenBudget
+from sagebatch.domain.fitting import Call, UnsupportedStrategy, answer, default_strategy
+from sagebatch.domain.generation import Generation
+from sagebatch.domain.records import ChatRecord, DocumentRecord, FitSettings, PromptRecord, RawRecord, Strategy
+from sagebatch.domain.prompt import Message, PromptFormatError, render_messages
+from sagebatch.domain.tokens import get_tokenizer
 
 TOK = get_tokenizer()
 BIG = TokenBudget()
@@ -36,12 +26,12 @@ class FakeEndpoint:
         self.batches: list[list[Call]] = []
         self.reply = reply or (lambda call, index: f"answer {index}")
 
-    def __call__(self, calls: Sequence[Call]) -> list[CallResult]:
+    def __call__(self, calls: Sequence[Call]) -> list[Generation]:
         self.batches.append(list(calls))
         results = []
         for call in calls:
             text = self.reply(call, len(self.calls) - len(calls) + len(results))
-            results.append(CallResult(text, TOK.count(text) - 1, "eos_token"))
+            results.append(Generation(text, TOK.count(text) - 1, "eos_token"))
         return results
 
     @property
@@ -86,7 +76,7 @@ def test_a_fitting_prompt_is_one_call_without_strategy() -> None:
     # Given a short prompt
     endpoint = FakeEndpoint()
     # When answered
-    outcome = answer(PromptContent(text="What is the capital of France?"), 64, generate=endpoint)
+    outcome = answer(PromptRecord(prompt="What is the capital of France?"), 64, generate=endpoint)
     # Then one call carries the rendered prompt unchanged
     (call,) = endpoint.calls
     assert call == Call("[INST] What is the capital of France? [/INST]", 15, 64)
@@ -99,7 +89,7 @@ def test_max_new_tokens_is_lowered_when_the_room_is_above_the_floor() -> None:
     text = "word " * 440
     endpoint = FakeEndpoint()
     # When answered
-    outcome = answer(PromptContent(text=text), 200, FitOptions(), SMALL, TOK, endpoint)
+    outcome = answer(PromptRecord(prompt=text), 200, FitSettings(), SMALL, TOK, endpoint)
     # Then it is sent whole with max_new_tokens lowered to the remaining room, and flagged
     (call,) = endpoint.calls
     assert outcome.strategy is None and outcome.max_new_tokens_lowered
@@ -112,7 +102,7 @@ def test_below_the_floor_the_strategy_shrinks_the_input_instead() -> None:
     text = "word " * 500
     endpoint = FakeEndpoint()
     # When answered with the default (truncate) for prompts
-    outcome = answer(PromptContent(text=text), 200, FitOptions(min_new_tokens=16), SMALL, TOK, endpoint)
+    outcome = answer(PromptRecord(prompt=text), 200, FitSettings(min_new_tokens=16), SMALL, TOK, endpoint)
     # Then the input was truncated and the full 200 new tokens kept
     assert outcome.strategy is Strategy.TRUNCATE and outcome.truncated
     assert endpoint.calls[0].max_new_tokens == 200 and within_tgi_limits(endpoint.calls[0], SMALL)
@@ -124,10 +114,10 @@ def test_below_the_floor_the_strategy_shrinks_the_input_instead() -> None:
 @pytest.mark.parametrize(
     ("content", "strategy"),
     [
-        (PromptContent(text="x"), Strategy.TRUNCATE),
-        (ChatContent(messages=[Message(role="user", content="x")]), Strategy.WINDOW),
-        (RawContent(inputs="x"), Strategy.REJECT),
-        (DocumentContent(instruction="i", document="d"), Strategy.MAP_REDUCE),
+        (PromptRecord(prompt="x"), Strategy.TRUNCATE),
+        (ChatRecord(messages=[Message(role="user", content="x")]), Strategy.WINDOW),
+        (RawRecord(inputs="x"), Strategy.REJECT),
+        (DocumentRecord(instruction="i", document="d"), Strategy.MAP_REDUCE),
     ],
 )
 def test_default_strategy_per_shape(content, strategy: Strategy) -> None:
@@ -142,7 +132,7 @@ def test_reject_reports_the_token_count_and_the_budget() -> None:
     count = TOK.count(f"[INST] {text} [/INST]")
     # When answered
     with pytest.raises(BudgetExceeded) as caught:
-        answer(PromptContent(text=text), 256, FitOptions(strategy=Strategy.REJECT), generate=FakeEndpoint())
+        answer(PromptRecord(prompt=text), 256, FitSettings(strategy=Strategy.REJECT), generate=FakeEndpoint())
     # Then the message gives the count, max_new_tokens and the limits
     message = str(caught.value)
     assert str(count) in message and "256" in message and "8191" in message and "8192" in message
@@ -155,16 +145,16 @@ def test_raw_inputs_are_rejected_by_default() -> None:
     # Then BudgetExceeded is raised and nothing is sent
     endpoint = FakeEndpoint()
     with pytest.raises(BudgetExceeded):
-        answer(RawContent(inputs="[INST] " + "x " * 600 + "[/INST]"), 64, None, SMALL, TOK, endpoint)
+        answer(RawRecord(inputs="[INST] " + "x " * 600 + "[/INST]"), 64, None, SMALL, TOK, endpoint)
     assert endpoint.calls == []
 
 
 @pytest.mark.parametrize(
     ("content", "strategy"),
     [
-        (ChatContent(messages=[Message(role="user", content="x")]), Strategy.SPLIT),
-        (RawContent(inputs="x"), Strategy.MAP_REDUCE),
-        (PromptContent(text="x"), Strategy.WINDOW),
+        (ChatRecord(messages=[Message(role="user", content="x")]), Strategy.SPLIT),
+        (RawRecord(inputs="x"), Strategy.MAP_REDUCE),
+        (PromptRecord(prompt="x"), Strategy.WINDOW),
     ],
 )
 def test_strategy_that_does_not_apply_to_the_shape_is_refused(content, strategy: Strategy) -> None:
@@ -172,14 +162,14 @@ def test_strategy_that_does_not_apply_to_the_shape_is_refused(content, strategy:
     # When answered (even though it would fit)
     # Then UnsupportedStrategy is raised
     with pytest.raises(UnsupportedStrategy, match=strategy.value):
-        answer(content, 10, FitOptions(strategy=strategy), generate=FakeEndpoint())
+        answer(content, 10, FitSettings(strategy=strategy), generate=FakeEndpoint())
 
 
 def test_empty_raw_inputs_are_a_format_error() -> None:
-    # Given empty raw inputs (TGI: "`inputs` cannot be empty")
-    # Then PromptFormatError is raised
+    # Given empty raw inputs (TGI: "`inputs` cannot be empty"), built past the record model's own check
+    # Then fitting refuses them too: PromptFormatError is raised
     with pytest.raises(PromptFormatError):
-        answer(RawContent(inputs=""), 10, generate=FakeEndpoint())
+        answer(RawRecord.model_construct(inputs=""), 10, generate=FakeEndpoint())
 
 
 # -- truncate ------------------------------------------------------------------
@@ -191,7 +181,7 @@ def test_truncate_keeps_the_head_or_the_tail_of_a_prompt(keep: str) -> None:
     text = numbered_document(150)
     endpoint = FakeEndpoint()
     # When truncated keeping the head or the tail
-    outcome = answer(PromptContent(text=text), 100, FitOptions(strategy=Strategy.TRUNCATE, keep=keep), SMALL, TOK, endpoint)
+    outcome = answer(PromptRecord(prompt=text), 100, FitSettings(strategy=Strategy.TRUNCATE, keep=keep), SMALL, TOK, endpoint)
     # Then one call holds a prefix or a suffix of the text, close to the full room, flagged truncated
     (call,) = endpoint.calls
     kept = ids_in(call.inputs)
@@ -202,10 +192,10 @@ def test_truncate_keeps_the_head_or_the_tail_of_a_prompt(keep: str) -> None:
 
 def test_truncating_a_document_keeps_the_instruction_whole() -> None:
     # Given a long document with an instruction and a system prompt
-    content = DocumentContent(instruction="List every S-number.", document=numbered_document(200), system="Be exact.")
+    content = DocumentRecord(instruction="List every S-number.", document=numbered_document(200), system="Be exact.")
     endpoint = FakeEndpoint()
     # When truncated keeping the tail
-    answer(content, 64, FitOptions(strategy=Strategy.TRUNCATE, keep="tail"), SMALL, TOK, endpoint)
+    answer(content, 64, FitSettings(strategy=Strategy.TRUNCATE, keep="tail"), SMALL, TOK, endpoint)
     # Then the call starts with the system prompt and the whole instruction and ends with the last sentence
     (call,) = endpoint.calls
     assert call.inputs.startswith("[INST] Be exact.\n\nList every S-number.\n\n")
@@ -217,7 +207,7 @@ def test_raw_truncate_keeps_the_tail_like_tgi() -> None:
     inputs = "[INST] " + numbered_document(100) + " Which S-number comes last? [/INST]"
     endpoint = FakeEndpoint()
     # When truncated (keep is irrelevant for raw inputs)
-    outcome = answer(RawContent(inputs=inputs), 64, FitOptions(strategy=Strategy.TRUNCATE, keep="head"), SMALL, TOK, endpoint)
+    outcome = answer(RawRecord(inputs=inputs), 64, FitSettings(strategy=Strategy.TRUNCATE, keep="head"), SMALL, TOK, endpoint)
     # Then the tail survives, sent as is, within limits
     (call,) = endpoint.calls
     assert inputs.endswith(call.inputs) and call.inputs.endswith("Which S-number comes last? [/INST]")
@@ -229,10 +219,10 @@ def test_raw_truncate_keeps_the_tail_like_tgi() -> None:
 
 def test_split_sends_all_chunks_in_one_batch_in_order_with_overlap() -> None:
     # Given a numbered document of ~4,500 tokens, a 512 budget and 40 tokens of overlap
-    content = DocumentContent(instruction="Summarize.", document=numbered_document(300))
+    content = DocumentRecord(instruction="Summarize.", document=numbered_document(300))
     endpoint = FakeEndpoint()
     # When split
-    outcome = answer(content, 100, FitOptions(strategy=Strategy.SPLIT, overlap_tokens=40), SMALL, TOK, endpoint)
+    outcome = answer(content, 100, FitSettings(strategy=Strategy.SPLIT, overlap_tokens=40), SMALL, TOK, endpoint)
     # Then all chunk calls went out together, each within limits
     assert len(endpoint.batches) == 1 and outcome.chunks == outcome.calls == len(endpoint.calls) > 5
     assert all(within_tgi_limits(c, SMALL) for c in endpoint.calls)
@@ -252,8 +242,8 @@ def test_split_without_overlap_partitions_the_document_at_paragraphs() -> None:
     document = numbered_document(300)
     endpoint = FakeEndpoint()
     # When split
-    answer(DocumentContent(instruction="Summarize.", document=document), 100,
-           FitOptions(strategy=Strategy.SPLIT, overlap_tokens=0), SMALL, TOK, endpoint)
+    answer(DocumentRecord(instruction="Summarize.", document=document), 100,
+           FitSettings(strategy=Strategy.SPLIT, overlap_tokens=0), SMALL, TOK, endpoint)
     # Then the chunks, rejoined, are the document, and every chunk holds whole paragraphs
     chunks = [chunk_of(c, "Summarize.") for c in endpoint.calls]
     assert "\n\n".join(chunks) == document
@@ -266,8 +256,8 @@ def test_split_falls_back_to_sentences_then_tokens() -> None:
     run_on = "x" + "y" * 20000
     endpoint = FakeEndpoint()
     # When split
-    answer(PromptContent(text=sentences), 64, FitOptions(strategy=Strategy.SPLIT, overlap_tokens=0), SMALL, TOK, endpoint)
-    answer(PromptContent(text=run_on), 64, FitOptions(strategy=Strategy.SPLIT, overlap_tokens=0), SMALL, TOK, endpoint)
+    answer(PromptRecord(prompt=sentences), 64, FitSettings(strategy=Strategy.SPLIT, overlap_tokens=0), SMALL, TOK, endpoint)
+    answer(PromptRecord(prompt=run_on), 64, FitSettings(strategy=Strategy.SPLIT, overlap_tokens=0), SMALL, TOK, endpoint)
     # Then sentence chunks end at a full stop, and the run-on text is cut by tokens and fully covered
     sentence_calls = [c for c in endpoint.calls if "S00" in c.inputs]
     assert all(c.inputs.endswith(". [/INST]") for c in sentence_calls)
@@ -281,8 +271,8 @@ def test_chunk_tokens_caps_the_chunk_size() -> None:
     endpoint = FakeEndpoint()
     document = numbered_document(2000)  # ~30,000 tokens
     # When split
-    answer(DocumentContent(instruction="Summarize.", document=document), 256,
-           FitOptions(strategy=Strategy.SPLIT, chunk_tokens=100, overlap_tokens=0), BIG, TOK, endpoint)
+    answer(DocumentRecord(instruction="Summarize.", document=document), 256,
+           FitSettings(strategy=Strategy.SPLIT, chunk_tokens=100, overlap_tokens=0), BIG, TOK, endpoint)
     # Then no chunk holds more than 100 tokens of document
     assert all(TOK.count(chunk_of(c, "Summarize.")) - 1 <= 100 for c in endpoint.calls)
 
@@ -296,7 +286,7 @@ def test_map_reduce_answers_a_30000_token_document_within_budget() -> None:
     assert TOK.count(document) > 30000
     endpoint = FakeEndpoint(reply=lambda call, i: " ".join(["token"] * call.max_new_tokens))
     # When answered with the default strategy (map_reduce) and 512 new tokens
-    outcome = answer(DocumentContent(instruction="Summarize the events.", document=document), 512,
+    outcome = answer(DocumentRecord(instruction="Summarize the events.", document=document), 512,
                      generate=endpoint)
     # Then chunk calls were batched together, a final call combined them, and every call fits
     assert outcome.strategy is Strategy.MAP_REDUCE
@@ -314,8 +304,8 @@ def test_map_reduce_combines_recursively_when_partials_do_not_fit() -> None:
     # Given a small budget, a long document, and verbose partial answers
     endpoint = FakeEndpoint(reply=lambda call, i: " ".join(["word"] * call.max_new_tokens))
     # When answered with map_reduce
-    outcome = answer(DocumentContent(instruction="Summarize.", document=numbered_document(600)), 200,
-                     FitOptions(strategy=Strategy.MAP_REDUCE), SMALL, TOK, endpoint)
+    outcome = answer(DocumentRecord(instruction="Summarize.", document=numbered_document(600)), 200,
+                     FitSettings(strategy=Strategy.MAP_REDUCE), SMALL, TOK, endpoint)
     # Then there were intermediate combining rounds, each batched and shrinking, and a single final call
     sizes = [len(b) for b in endpoint.batches]
     assert len(sizes) >= 3 and sizes[-1] == 1 and sizes == sorted(sizes, reverse=True)
@@ -325,12 +315,12 @@ def test_map_reduce_combines_recursively_when_partials_do_not_fit() -> None:
 
 def test_instruction_too_long_for_any_chunk_is_budget_exceeded() -> None:
     # Given an instruction that alone fills the small budget
-    content = DocumentContent(instruction="do " * 600, document="text " * 600)
+    content = DocumentRecord(instruction="do " * 600, document="text " * 600)
     # When answered with any chunking strategy
     # Then BudgetExceeded explains that the instruction fills the budget
     for strategy in (Strategy.SPLIT, Strategy.MAP_REDUCE, Strategy.TRUNCATE):
         with pytest.raises(BudgetExceeded, match="instruction"):
-            answer(content, 64, FitOptions(strategy=strategy), SMALL, TOK, FakeEndpoint())
+            answer(content, 64, FitSettings(strategy=strategy), SMALL, TOK, FakeEndpoint())
 
 
 # -- window --------------------------------------------------------------------
@@ -349,7 +339,7 @@ def test_window_drops_oldest_turns_and_keeps_system_and_last_user() -> None:
     # Given a 10-exchange chat of ~1,000 tokens on a 512 budget
     endpoint = FakeEndpoint()
     # When answered with the default (window)
-    outcome = answer(ChatContent(messages=chat(10, 40)), 100, None, SMALL, TOK, endpoint)
+    outcome = answer(ChatRecord(messages=chat(10, 40)), 100, None, SMALL, TOK, endpoint)
     # Then the system prompt and the last question are kept, the oldest exchanges dropped
     (call,) = endpoint.calls
     assert call.inputs.startswith("[INST] You are helpful.\n\nU") and call.inputs.endswith("LAST question? [/INST]")
@@ -368,7 +358,7 @@ def test_window_truncates_the_last_user_turn_when_it_alone_is_too_long() -> None
     messages = [*chat(2, 5)[:-1], Message(role="user", content="START " + "long " * 1000 + "END")]
     endpoint = FakeEndpoint()
     # When answered with window (keep head)
-    outcome = answer(ChatContent(messages=messages), 64, None, SMALL, TOK, endpoint)
+    outcome = answer(ChatRecord(messages=messages), 64, None, SMALL, TOK, endpoint)
     # Then only the system prompt and the head of the last turn are sent, flagged truncated
     (call,) = endpoint.calls
     assert call.inputs.startswith("[INST] You are helpful.\n\nSTART long") and "END" not in call.inputs
@@ -380,7 +370,7 @@ def test_malformed_chat_raises_prompt_format_error() -> None:
     messages = [Message(role="user", content="q"), Message(role="assistant", content="a")]
     # Then answering raises PromptFormatError before any call
     with pytest.raises(PromptFormatError):
-        answer(ChatContent(messages=messages), 10, generate=FakeEndpoint())
+        answer(ChatRecord(messages=messages), 10, generate=FakeEndpoint())
 
 
 # -- contract with generate ----------------------------------------------------
@@ -388,20 +378,20 @@ def test_malformed_chat_raises_prompt_format_error() -> None:
 
 def test_generate_returning_the_wrong_number_of_results_is_an_error() -> None:
     # Given a broken generate
-    def broken(calls: Sequence[Call]) -> list[CallResult]:
+    def broken(calls: Sequence[Call]) -> list[Generation]:
         return []
 
     # When answering
     # Then RuntimeError is raised
     with pytest.raises(RuntimeError, match="0 results for 1 calls"):
-        answer(PromptContent(text="hi"), 10, generate=broken)
+        answer(PromptRecord(prompt="hi"), 10, generate=broken)
 
 
 def test_generate_errors_propagate() -> None:
     # Given a generate that fails (e.g. the endpoint call failed)
-    def failing(calls: Sequence[Call]) -> list[CallResult]:
+    def failing(calls: Sequence[Call]) -> list[Generation]:
         raise TimeoutError("endpoint timed out")
 
     # Then the error reaches the caller unchanged
     with pytest.raises(TimeoutError):
-        answer(PromptContent(text="hi"), 10, generate=failing)
+        answer(PromptRecord(prompt="hi"), 10, generate=failing)

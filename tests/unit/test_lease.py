@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from sagebatch.lease import Busy, Lease
+from sagebatch.usecases.lease import Busy, Lease
 
 
 class MemoryLeaseStore:

@@ -6,8 +6,8 @@ import threading
 
 import pytest
 
-from sagebatch.endpoint import EndpointError, ErrorKind
-from sagebatch.limiter import (
+from sagebatch.domain.generation import EndpointError, ErrorKind
+from sagebatch.endpoint.limiter import (
     AdaptiveLimiter,
     InMemoryLimiterStore,
     LimiterSettings,

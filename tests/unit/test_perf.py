@@ -1,4 +1,4 @@
-"""Unit tests for the calibrated TGI 1.1 emulator scheduler (sagebatch.emulator.perf).
+"""Unit tests for the calibrated TGI 1.1 emulator scheduler (sagebatch.tooling.emulator.perf).
 
 Assertions are on model-time figures (what the cost model says), never on how fast the host is. The
 one wall-clock test checks that ``time_scale`` compresses time, with generous bounds.
@@ -11,14 +11,14 @@ import time
 
 import pytest
 
-from sagebatch.emulator.perf import (
+from sagebatch.tooling.emulator.perf import (
     ContainerTimeout,
     GenTiming,
     Overloaded,
     PerfParams,
     TgiScheduler,
 )
-from sagebatch.emulator.perf_model import max_batch_size, prefill_ms, reserved_tokens
+from sagebatch.tooling.emulator.perf_model import max_batch_size, prefill_ms, reserved_tokens
 
 FAST = 200.0  # time_scale for tests that only look at model time
 

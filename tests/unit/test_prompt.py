@@ -1,11 +1,11 @@
-"""Rendering the Mistral v1 instruct template (sagebatch.prompt)."""
+"""Rendering the Mistral v1 instruct template (sagebatch.domain.prompt)."""
 
 from __future__ import annotations
 
 import pytest
 from pydantic import ValidationError
 
-from sagebatch.prompt import Message, PromptFormatError, render_messages, render_prompt
+from sagebatch.domain.prompt import Message, PromptFormatError, render_messages, render_prompt
 
 
 def user(text: str) -> Message:

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sagebatch.endpoint import EndpointError, ErrorKind
-from sagebatch.retry import RetryBudget, RetryPolicy
+from sagebatch.domain.generation import EndpointError, ErrorKind
+from sagebatch.endpoint.retry import RetryBudget, RetryPolicy
 
 
 def error(kind: ErrorKind) -> EndpointError:

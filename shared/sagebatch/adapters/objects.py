@@ -1,38 +1,18 @@
-"""ObjectStore: the S3 reads and writes the service makes (streamed, version-pinned)."""
+"""S3ObjectStore: the S3 reads and writes the service makes (streamed, version-pinned)."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import IO, Any, Iterator
 
 from botocore.exceptions import ClientError
 
+from sagebatch.ports import InputUnreadable, LineSpan, ObjectInfo
+
 _READ_CHUNK = 1024 * 1024
 
 
-@dataclass(frozen=True)
-class ObjectInfo:
-    bucket: str
-    key: str
-    version_id: str | None
-    etag: str
-    size: int
-
-
-@dataclass(frozen=True)
-class LineSpan:
-    """Where one input line sits in the object: bytes [start, end), newline included."""
-
-    start: int
-    end: int
-
-
-class InputUnreadable(Exception):
-    """The job's input cannot be read (missing, access denied, ...): a job-level error."""
-
-
-class ObjectStore:
+class S3ObjectStore:
     def __init__(self, s3: Any):
         self._s3 = s3
 
@@ -99,6 +79,11 @@ class ObjectStore:
         if end <= start:
             return b""
         return self._get(info, f"bytes={start}-{end - 1}").read()
+
+    def read_bytes(self, bucket: str, key: str) -> bytes:
+        """A whole object the service wrote itself (not pinned: it is written once)."""
+        body: bytes = self._s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        return body
 
     def put_bytes(self, bucket: str, key: str, body: bytes, content_type: str = "application/x-ndjson") -> None:
         self._s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type)

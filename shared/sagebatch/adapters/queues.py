@@ -1,5 +1,5 @@
-"""MessageSender: JSON messages onto SQS, ten per request, failures surfaced (never silently dropped).
-DeadLetterQueues: redrive a dead-letter queue back to its source."""
+"""SqsMessageSender: JSON messages onto SQS, ten per request, failures surfaced (never silently dropped).
+SqsDeadLetterQueues: redrive a dead-letter queue back to its source."""
 
 from __future__ import annotations
 
@@ -9,14 +9,12 @@ from typing import Any, Iterable
 from botocore.exceptions import ClientError
 from pydantic import BaseModel
 
+from sagebatch.ports import MoveTaskUnsupported, NoRedriveDestination, SendFailed
+
 _SQS_BATCH = 10
 
 
-class SendFailed(Exception):
-    pass
-
-
-class MessageSender:
+class SqsMessageSender:
     def __init__(self, sqs: Any, queue_url: str):
         self._sqs = sqs
         self._queue_url = queue_url
@@ -49,19 +47,11 @@ class MessageSender:
         return len(entries)
 
 
-class MoveTaskUnsupported(Exception):
-    """This SQS (moto, some local emulators) has no StartMessageMoveTask."""
-
-
-class NoRedriveDestination(Exception):
-    """A dead-letter queue's messages were to be copied back, but to which queue is not clear."""
-
-
 # Error codes meaning "this SQS does not offer the action", as opposed to a problem with the request.
 _UNSUPPORTED = {"UnsupportedOperation", "AWS.SimpleQueueService.UnsupportedOperation", "InvalidAction"}
 
 
-class DeadLetterQueues:
+class SqsDeadLetterQueues:
     """Redrive: put a dead-letter queue's messages back on a queue whose consumer will process them again."""
 
     def __init__(self, sqs: Any):

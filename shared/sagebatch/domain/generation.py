@@ -1,0 +1,52 @@
+"""What one generation call returns, or why it failed: the endpoint's contract as the domain sees it.
+
+The SageMaker adapter (sagebatch.endpoint.sagemaker) produces these; the record runner and the fitting
+strategies consume them. One type for an answer (`Generation`), one for a failure (`EndpointError`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+
+class ErrorKind(str, Enum):
+    """Why a call failed; the retry policy decides per kind."""
+
+    OVERLOADED = "overloaded"  # TGI 429 "Model is overloaded", wrapped in ModelError
+    TIMEOUT = "timeout"  # SageMaker 60 s limit or client read timeout
+    SERVER_ERROR = "server_error"  # container 5xx, ServiceUnavailable, InternalFailure
+    THROTTLED = "throttled"  # SageMaker ThrottlingException
+    NOT_READY = "not_ready"  # ModelNotReadyException
+    VALIDATION = "validation"  # TGI 422 or SageMaker ValidationError: never retried
+    CLIENT_ERROR = "client_error"  # other 4xx: never retried
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+
+
+RETRYABLE_KINDS = frozenset(
+    {ErrorKind.OVERLOADED, ErrorKind.TIMEOUT, ErrorKind.SERVER_ERROR, ErrorKind.THROTTLED, ErrorKind.NOT_READY}
+)
+
+
+class EndpointError(Exception):
+    """A failed endpoint call, classified."""
+
+    def __init__(self, kind: ErrorKind, message: str, original_status: int | None = None):
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.original_status = original_status
+
+    @property
+    def retryable(self) -> bool:
+        return self.kind in RETRYABLE_KINDS
+
+
+@dataclass(frozen=True)
+class Generation:
+    """What TGI answered for one request (`details: true`)."""
+
+    text: str
+    generated_tokens: int
+    finish_reason: str
+    latency_ms: float = 0.0

@@ -1,0 +1,124 @@
+"""The job and its state machine.
+
+    CREATING --(shards enqueued)--> RUNNING --(last shard done)--> FINALIZING --> COMPLETED
+        |                                                                 |--> CANCELLED  (a cancel left records unstarted)
+        '--(invalid message, unreadable input)--> FAILED                  '--> EXPIRED    (the deadline did)
+
+A stop (cancel or deadline) is not a state: it is a reason recorded once on a CREATING or RUNNING job. Workers
+then answer the records they have not started as `cancelled` / `expired` instead of calling the endpoint, and
+the job goes the normal way to FINALIZING; the finalizer picks its final state (`final_status`).
+Every status change is a conditional write in the store, guarded by `sources(target)`.
+"""
+
+from __future__ import annotations
+
+import time
+from enum import StrEnum
+
+from pydantic import BaseModel, Field
+
+from sagebatch.domain.parameters import Parameters
+from sagebatch.domain.records import FitSettings
+from sagebatch.domain.results import ResultLine, StopReason
+
+
+class JobStatus(StrEnum):
+    CREATING = "CREATING"
+    RUNNING = "RUNNING"
+    FINALIZING = "FINALIZING"
+    COMPLETED = "COMPLETED"
+    CANCELLED = "CANCELLED"
+    EXPIRED = "EXPIRED"
+    FAILED = "FAILED"
+
+
+# The allowed transitions: target status -> the statuses it may be reached from.
+TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.RUNNING: frozenset({JobStatus.CREATING}),
+    JobStatus.FAILED: frozenset({JobStatus.CREATING}),
+    JobStatus.FINALIZING: frozenset({JobStatus.RUNNING}),
+    JobStatus.COMPLETED: frozenset({JobStatus.FINALIZING}),
+    JobStatus.CANCELLED: frozenset({JobStatus.FINALIZING}),
+    JobStatus.EXPIRED: frozenset({JobStatus.FINALIZING}),
+}
+FINISHED = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.EXPIRED})
+# Statuses in which workers still start records (and a stop may be requested).
+ACTIVE = frozenset({JobStatus.CREATING, JobStatus.RUNNING})
+
+STOPPED_STATUS: dict[str, JobStatus] = {"cancelled": JobStatus.CANCELLED, "expired": JobStatus.EXPIRED}
+
+
+class InvalidTransition(ValueError):
+    pass
+
+
+def sources(target: JobStatus) -> frozenset[JobStatus]:
+    """The statuses a job may move to `target` from (the condition of the store's conditional write)."""
+    try:
+        return TRANSITIONS[target]
+    except KeyError:
+        raise InvalidTransition(f"no transition leads to {target}") from None
+
+
+def check_transition(current: JobStatus, target: JobStatus) -> None:
+    if current not in sources(target):
+        raise InvalidTransition(f"a {current} job cannot become {target}")
+
+
+class ShardCounts(BaseModel):
+    """Record outcomes and usage: one shard's, or (summed once per shard) the whole job's."""
+
+    succeeded: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    expired: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    endpoint_calls: int = 0
+
+    def add(self, result: ResultLine) -> None:
+        setattr(self, result.status, getattr(self, result.status) + 1)
+        self.input_tokens += result.usage.input_tokens
+        self.output_tokens += result.usage.output_tokens
+        self.endpoint_calls += result.calls
+
+
+class Job(ShardCounts):
+    """A job as the service sees it (the store keeps it as one item)."""
+
+    job_id: str
+    status: JobStatus = JobStatus.CREATING
+    source: str
+    bucket: str
+    key: str
+    version_id: str | None = None
+    etag: str | None = None  # of the input as intake read it: pins a retry's re-read in an unversioned bucket
+    parameters: Parameters = Field(default_factory=Parameters)
+    fit: FitSettings | None = None
+    client_token: str | None = None
+    parent_job_id: str | None = None  # set on a retry job: the job whose unsucceeded records it runs again
+    created_at: float = Field(default_factory=time.time)
+    deadline_at: float | None = None
+    stop_reason: StopReason | None = None  # set once, by a cancel or by the first worker past the deadline
+    stopped_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    total_records: int | None = None
+    total_shards: int | None = None
+    shards_done: int = 0
+    error: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+
+def final_status(job: Job) -> JobStatus:
+    """COMPLETED, unless a stop left records unstarted: then CANCELLED or EXPIRED after the recorded reason.
+
+    A cancel (or deadline) that arrives when every record has already started changes nothing, so such a job
+    completes normally; its manifest still shows the stop reason.
+    """
+    if job.stop_reason is not None and job.cancelled + job.expired > 0:
+        return STOPPED_STATUS[job.stop_reason]
+    return JobStatus.COMPLETED

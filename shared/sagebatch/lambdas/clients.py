@@ -1,0 +1,39 @@
+"""boto3 clients, created lazily once per execution environment and shared across threads.
+
+Lazy creation matters for tests: moto must start before any client exists.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+from sagebatch.endpoint.sagemaker import runtime_client_config
+from sagebatch.settings import get_settings
+
+# S3/SQS/DynamoDB keep the SDK's throttle retries (standard mode, explicit attempts, protocol.md 8.4).
+_AWS_CONFIG = Config(retries={"mode": "standard", "total_max_attempts": 5}, max_pool_connections=64)
+
+
+@lru_cache(maxsize=None)
+def client(service: str) -> Any:
+    return boto3.client(service, config=_AWS_CONFIG)
+
+
+@lru_cache(maxsize=1)
+def runtime_client() -> Any:
+    settings = get_settings()
+    return boto3.client(
+        "sagemaker-runtime",
+        endpoint_url=settings.endpoint_url,
+        config=runtime_client_config(max_pool_connections=max(10, settings.calls_in_flight_per_worker * 2)),
+    )
+
+
+def reset_clients() -> None:
+    """Forget cached clients (tests and the local stack start a fresh moto per run)."""
+    client.cache_clear()
+    runtime_client.cache_clear()

@@ -1,0 +1,97 @@
+"""The composition root: builds each use case from settings and AWS clients, once per cold start."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
+
+from sagebatch.adapters.dynamodb import Table
+from sagebatch.adapters.jobs import DynamoJobStore
+from sagebatch.adapters.leases import DynamoLeaseStore
+from sagebatch.adapters.objects import S3ObjectStore
+from sagebatch.adapters.queues import SqsMessageSender
+from sagebatch.adapters.results import DynamoResultStore
+from sagebatch.domain.budget import TokenBudget
+from sagebatch.domain.tokens import get_tokenizer
+from sagebatch.endpoint.caller import make_default_caller
+from sagebatch.lambdas.clients import client, runtime_client
+from sagebatch.settings import get_settings
+from sagebatch.usecases.finalize import Finalizer
+from sagebatch.usecases.intake import Intake
+from sagebatch.usecases.record_runner import RecordRunner
+from sagebatch.usecases.worker import ShardProcessor
+
+
+def _table() -> Table:
+    settings = get_settings()
+    return Table(client("dynamodb"), settings.table_name, settings.job_ttl_days)
+
+
+def jobs() -> DynamoJobStore:
+    return DynamoJobStore(_table())
+
+
+def results() -> DynamoResultStore:
+    return DynamoResultStore(_table())
+
+
+def _sender(queue_url: str) -> SqsMessageSender:
+    return SqsMessageSender(client("sqs"), queue_url)
+
+
+@lru_cache(maxsize=1)
+def intake() -> Intake:
+    settings = get_settings()
+    return Intake(
+        jobs(),
+        DynamoLeaseStore(_table()),
+        S3ObjectStore(client("s3")),
+        _sender(settings.work_queue_url),
+        _sender(settings.finalize_queue_url),
+        settings,
+    )
+
+
+@lru_cache(maxsize=1)
+def shard_processor() -> ShardProcessor:
+    settings = get_settings()
+    in_flight = settings.calls_in_flight_per_worker
+    caller = make_default_caller(
+        runtime_client(),
+        settings.endpoint_name,
+        endpoint_max_concurrency=settings.endpoint_max_concurrency,
+        worker_max_concurrency=settings.worker_max_concurrency,
+    )
+    runner = RecordRunner(
+        caller,
+        TokenBudget(max_input_length=settings.max_input_length, max_total_tokens=settings.max_total_tokens),
+        get_tokenizer(),
+        settings.default_max_new_tokens,
+        settings.max_line_bytes,
+        ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="call"),
+    )
+    return ShardProcessor(
+        jobs(),
+        results(),
+        DynamoLeaseStore(_table()),
+        S3ObjectStore(client("s3")),
+        _sender(settings.finalize_queue_url),
+        runner,
+        ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="record"),
+        settings.stop_check_seconds,
+        settings.lease_seconds,
+    )
+
+
+@lru_cache(maxsize=1)
+def finalizer() -> Finalizer:
+    return Finalizer(jobs(), results(), S3ObjectStore(client("s3")), get_settings())
+
+
+def reset() -> None:
+    """Forget everything built from settings and clients (tests and each local run)."""
+    from sagebatch.lambdas.clients import reset_clients
+
+    for cached in (intake, shard_processor, finalizer, get_settings):
+        cached.cache_clear()
+    reset_clients()

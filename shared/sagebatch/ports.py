@@ -1,0 +1,186 @@
+"""The ports: what the use cases need from the outside world, as Protocols.
+
+The AWS adapters (sagebatch.adapters) implement them over DynamoDB, S3 and SQS; the in-memory fakes
+(sagebatch.fakes) implement them over dicts for fast tests and for benchmarks too large for moto; the endpoint
+client (sagebatch.endpoint) implements `EndpointCaller`. The use cases import only this module, never an adapter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import IO, Any, Iterable, Iterator, Protocol
+
+from pydantic import BaseModel
+
+from sagebatch.domain.generation import Generation
+from sagebatch.domain.job import Job, JobStatus, ShardCounts, StopReason
+from sagebatch.domain.results import ResultLine
+
+
+# -- endpoint ---------------------------------------------------------------------------------
+class EndpointCaller(Protocol):
+    """One logical generation call, retried and limited as the implementation sees fit.
+
+    `cost_tokens` lets a token-aware limiter weigh long prompts more than short ones. Raises
+    `sagebatch.domain.generation.EndpointError` when the call finally fails.
+    """
+
+    def invoke(self, payload: dict[str, Any], cost_tokens: int) -> Generation: ...
+
+
+# -- jobs, shards, results ----------------------------------------------------------------------
+class JobStore(Protocol):
+    """The job item and its shard markers. Every status change is conditional (domain.job.sources)."""
+
+    def create_job(self, job: Job) -> tuple[Job, bool]:
+        """Create the job unless one with its id exists: (the job as stored, created by this call?)."""
+        ...
+
+    def get_job(self, job_id: str) -> Job | None: ...
+
+    def start_job(
+        self, job_id: str, total_records: int, total_shards: int, version_id: str | None = None, etag: str | None = None
+    ) -> None:
+        """CREATING -> RUNNING with the totals and the input version read; a no-op when already started."""
+        ...
+
+    def request_stop(self, job_id: str, reason: StopReason) -> tuple[Job | None, bool]:
+        """Record why an active job stops early, once: (the job as it now is, recorded by this call?)."""
+        ...
+
+    def fail_job(self, job_id: str, reason: str) -> None:
+        """CREATING -> FAILED with the reason."""
+        ...
+
+    def try_begin_finalize(self, job_id: str) -> bool:
+        """RUNNING -> FINALIZING once every shard is done. Exactly one caller ever gets True."""
+        ...
+
+    def complete_job(self, job_id: str, status: JobStatus = JobStatus.COMPLETED) -> bool:
+        """FINALIZING -> a finished status."""
+        ...
+
+    def shard_done(self, job_id: str, shard: int) -> bool: ...
+
+    def complete_shard(self, job_id: str, shard: int, counts: ShardCounts) -> bool:
+        """Mark the shard done and add its counts to the job, atomically and at most once."""
+        ...
+
+
+class CallCache(Protocol):
+    """The answers of one record's endpoint calls, kept across deliveries (chunks of split / map_reduce)."""
+
+    def get(self, key: str) -> Generation | None: ...
+
+    def put(self, key: str, result: Generation) -> None: ...
+
+
+class ResultStore(Protocol):
+    """Each record's result, written once; the first line that used each explicit record id."""
+
+    def put_result(self, job_id: str, result: ResultLine) -> bool:
+        """Store a record's result once; False when one was already stored (the first is kept)."""
+        ...
+
+    def results(self, job_id: str, first_line: int = 1, last_line: int | None = None) -> Iterator[ResultLine]:
+        """Stored results in line order (a range, or the whole job)."""
+        ...
+
+    def claim_id(self, job_id: str, record_id: str, line: int) -> int:
+        """The first line that claimed this record id in the job (`line` itself if it is the first)."""
+        ...
+
+    def call_cache(self, job_id: str, line: int) -> CallCache: ...
+
+
+class Lease(Protocol):
+    """One lease item: take or renew it (conditional on it being free, lapsed or ours), or let it go."""
+
+    def acquire(self, owner: str, seconds: float) -> bool: ...
+
+    def release(self, owner: str) -> None: ...
+
+
+class LeaseStore(Protocol):
+    def lease(self, job_id: str, name: str) -> Lease:
+        """The lease `name` of a job (one shard's, or the job's enqueueing)."""
+        ...
+
+
+# -- objects ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ObjectInfo:
+    bucket: str
+    key: str
+    version_id: str | None
+    etag: str
+    size: int
+
+
+@dataclass(frozen=True)
+class LineSpan:
+    """Where one input line sits in the object: bytes [start, end), newline included."""
+
+    start: int
+    end: int
+
+
+class InputUnreadable(Exception):
+    """The job's input cannot be read (missing, access denied, changed, ...): a job-level error."""
+
+
+class ObjectStore(Protocol):
+    """Reads pinned to the version (or ETag) the job saw; writes of whole objects."""
+
+    def head(self, bucket: str, key: str, version_id: str | None = None) -> ObjectInfo:
+        """The object's identity; raises InputUnreadable."""
+        ...
+
+    def head_bytes(self, info: ObjectInfo, count: int) -> bytes: ...
+
+    def line_spans(self, info: ObjectInfo) -> Iterator[LineSpan]:
+        """Each line's byte range, streamed (bounded memory)."""
+        ...
+
+    def lines(self, info: ObjectInfo) -> Iterator[bytes]:
+        """Each line without its newline, streamed."""
+        ...
+
+    def read_range(self, info: ObjectInfo, start: int, end: int) -> bytes: ...
+
+    def read_bytes(self, bucket: str, key: str) -> bytes: ...
+
+    def put_bytes(self, bucket: str, key: str, body: bytes, content_type: str = "application/x-ndjson") -> None: ...
+
+    def put_json(self, bucket: str, key: str, value: Any) -> None: ...
+
+    def upload_file(self, bucket: str, key: str, fileobj: IO[bytes], content_type: str = "application/x-ndjson") -> None: ...
+
+
+# -- queues -------------------------------------------------------------------------------------
+class SendFailed(Exception):
+    """Messages could not be queued: the caller's own message must come back."""
+
+
+class MessageSender(Protocol):
+    """JSON messages onto one queue; raises SendFailed rather than dropping any."""
+
+    def send(self, message: BaseModel) -> None: ...
+
+    def send_all(self, messages: Iterable[BaseModel]) -> int: ...
+
+
+class MoveTaskUnsupported(Exception):
+    """SQS's StartMessageMoveTask is not available (moto)."""
+
+
+class NoRedriveDestination(Exception):
+    """A dead-letter queue's source queue cannot be determined."""
+
+
+class DeadLetterQueues(Protocol):
+    def start_move_task(self, dlq_url: str, destination_url: str | None = None) -> str: ...
+
+    def only_source(self, dlq_url: str) -> str: ...
+
+    def copy_messages(self, dlq_url: str, destination_url: str, wait_s: int = 1) -> int: ...

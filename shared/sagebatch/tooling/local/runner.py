@@ -1,0 +1,202 @@
+"""EventSourcePoller: plays Lambda's SQS event source mappings against moto queues.
+
+Like the real ESM it receives up to `BatchSize` messages, invokes the handler with an SQS event,
+deletes what succeeded, and honours `batchItemFailures` (anything else in the response, or an
+exception, fails the whole batch). Failed messages become visible again after a *scaled*
+visibility timeout, and moto moves them to the DLQ after maxReceiveCount receives.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable
+
+import boto3
+
+from sagebatch.tooling.local.stack import ACCOUNT, REGION, LocalStack
+from sagebatch.tooling.local.template import SqsTrigger, sqs_triggers
+
+
+@dataclass
+class LambdaContext:
+    """The parts of the Lambda context object the handlers and Powertools use."""
+
+    function_name: str
+    timeout_s: int
+    memory_limit_in_mb: int = 1024
+    aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def invoked_function_arn(self) -> str:
+        return f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{self.function_name}"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self.timeout_s - (time.monotonic() - self.started)) * 1000))
+
+
+class PipelineStalled(RuntimeError):
+    """Nothing is left to deliver, yet what the caller waits for has not happened."""
+
+
+@dataclass
+class PollStats:
+    invocations: int = 0
+    messages: int = 0
+    item_failures: int = 0
+    batch_failures: int = 0
+
+
+def load_handler(path: Path) -> Callable[[dict, Any], Any]:
+    """Import functions/<name>/app.py as Lambda would (each under its own module name)."""
+    spec = importlib.util.spec_from_file_location(f"sagebatch_fn_{path.parent.name}", path)
+    assert spec and spec.loader
+    module: ModuleType = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.lambda_handler
+
+
+def sqs_event(messages: list[dict[str, Any]], queue_arn: str) -> dict[str, Any]:
+    return {
+        "Records": [
+            {
+                "messageId": m["MessageId"],
+                "receiptHandle": m["ReceiptHandle"],
+                "body": m["Body"],
+                "attributes": {k: str(v) for k, v in m.get("Attributes", {}).items()},
+                "messageAttributes": {},
+                "md5OfBody": m.get("MD5OfBody", ""),
+                "eventSource": "aws:sqs",
+                "eventSourceARN": queue_arn,
+                "awsRegion": REGION,
+            }
+            for m in messages
+        ]
+    }
+
+
+class EventSourcePoller:
+    def __init__(self, stack: LocalStack, redelivery_seconds: float = 0.5, parallel: int = 4):
+        self.stack = stack
+        self.triggers = sqs_triggers(stack.template, stack.root)
+        self.handlers = {t.function: load_handler(t.handler_path) for t in self.triggers}
+        self.redelivery_seconds = redelivery_seconds  # stands in for the (long) visibility timeout
+        self.parallel = parallel
+        self.stats = PollStats()
+        self._sqs = boto3.client("sqs", region_name=REGION)
+
+    def poll_once(self) -> int:
+        """One round over every event source; returns how many messages were handled."""
+        handled = 0
+        for trigger in self.triggers:
+            batches = self._receive_batches(trigger)
+            if not batches:
+                continue
+            with ThreadPoolExecutor(max_workers=max(1, len(batches))) as pool:
+                handled += sum(pool.map(lambda batch: self._invoke(trigger, batch), batches))
+        return handled
+
+    def run_until(self, done: Callable[[], bool], timeout_s: float = 600) -> None:
+        """Poll until `done()`. Raises `PipelineStalled` when every queue is empty and `done()` still is not true
+        (e.g. the message went to a DLQ), instead of waiting out the timeout."""
+        deadline = time.monotonic() + timeout_s
+        idle_rounds = 0
+        while not done():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the local stack did not finish within {timeout_s} s")
+            if self.poll_once() > 0:
+                idle_rounds = 0
+                continue
+            idle_rounds += 1
+            if idle_rounds >= 20 and self._all_source_queues_empty():
+                if done():
+                    return
+                raise PipelineStalled(f"every queue is empty but the job is not finished; dead-letter queues: {dlq_depths(self.stack)}")
+            time.sleep(0.05)
+
+    def _all_source_queues_empty(self) -> bool:
+        for trigger in self.triggers:
+            attrs = self._sqs.get_queue_attributes(
+                QueueUrl=self.stack.queue_url(trigger.queue),
+                AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+            )["Attributes"]
+            if int(attrs["ApproximateNumberOfMessages"]) or int(attrs["ApproximateNumberOfMessagesNotVisible"]):
+                return False
+        return True
+
+    def _receive_batches(self, trigger: SqsTrigger) -> list[list[dict[str, Any]]]:
+        limit = min(self.parallel, trigger.max_concurrency or self.parallel)
+        batches = []
+        for _ in range(limit):
+            response = self._sqs.receive_message(
+                QueueUrl=self.stack.queue_url(trigger.queue),
+                MaxNumberOfMessages=min(10, trigger.batch_size),
+                AttributeNames=["All"],
+                VisibilityTimeout=max(30, self.stack.function_timeout(trigger.function)),
+            )
+            messages = response.get("Messages", [])
+            if not messages:
+                break
+            batches.append(messages)
+        return batches
+
+    def _invoke(self, trigger: SqsTrigger, messages: list[dict[str, Any]]) -> int:
+        queue_url = self.stack.queue_url(trigger.queue)
+        event = sqs_event(messages, self.stack.physical[trigger.queue]["Arn"])
+        context = LambdaContext(trigger.function, self.stack.function_timeout(trigger.function))
+        self.stats.invocations += 1
+        self.stats.messages += len(messages)
+        try:
+            response = self.handlers[trigger.function](event, context)
+            failed_ids = _failed_ids(response, {m["MessageId"] for m in messages})
+        except Exception:  # the whole invocation failed, as Lambda sees it
+            failed_ids = {m["MessageId"] for m in messages}
+            self.stats.batch_failures += 1
+        for message in messages:
+            if message["MessageId"] in failed_ids:
+                self.stats.item_failures += 1
+                self._sqs.change_message_visibility(
+                    QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=int(self.redelivery_seconds)
+                )
+            else:
+                self._sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
+        return len(messages)
+
+
+def _failed_ids(response: Any, batch_ids: set[str]) -> set[str]:
+    """Lambda's rules for a partial batch response (aws-reliability.md 3): malformed means all failed."""
+    if response is None:
+        return set()
+    if not isinstance(response, dict):
+        return batch_ids
+    failures = response.get("batchItemFailures")
+    if failures is None or failures == []:
+        return set()
+    ids = set()
+    for failure in failures:
+        identifier = failure.get("itemIdentifier") if isinstance(failure, dict) else None
+        if not identifier or identifier not in batch_ids:
+            return batch_ids
+        ids.add(identifier)
+    return ids
+
+
+def dlq_depths(stack: LocalStack) -> dict[str, int]:
+    sqs = boto3.client("sqs", region_name=REGION)
+    depths = {}
+    for logical, resource in stack.resources("AWS::SQS::Queue").items():
+        if "RedrivePolicy" not in resource.get("Properties", {}):
+            attrs = sqs.get_queue_attributes(QueueUrl=stack.queue_url(logical), AttributeNames=["ApproximateNumberOfMessages"])
+            depths[logical] = int(attrs["Attributes"]["ApproximateNumberOfMessages"])
+    return depths
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False)

@@ -1,0 +1,155 @@
+"""`sagebatch run`: the whole pipeline on one machine, no AWS account (moto + the endpoint emulator)."""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import boto3
+
+from sagebatch.lambdas import service
+from sagebatch.adapters.dynamodb import Table
+from sagebatch.adapters.jobs import DynamoJobStore
+from sagebatch.adapters.results import DynamoResultStore
+from sagebatch.domain.job import FINISHED, JobStatus
+from sagebatch.tooling.emulator.server import Emulator, EmulatorConfig
+from sagebatch.domain.layout import manifest_key, results_key
+from sagebatch.usecases.intake import S3Drop, retry_job_id
+from sagebatch.tooling.local.runner import EventSourcePoller
+from sagebatch.tooling.local.stack import REGION, LocalStack, moto_requests_one_at_a_time, use_fake_aws_environment
+from sagebatch.tooling.local.template import default_template_path, load_template
+
+FINAL_STATES = FINISHED
+
+
+@dataclass
+class LocalRun:
+    stack: LocalStack
+    poller: EventSourcePoller
+
+    @property
+    def jobs(self) -> DynamoJobStore:
+        return DynamoJobStore(Table(boto3.client("dynamodb", region_name=REGION), self.stack.table))
+
+    @property
+    def result_store(self) -> DynamoResultStore:
+        return DynamoResultStore(Table(boto3.client("dynamodb", region_name=REGION), self.stack.table))
+
+    def drop_file(self, data: bytes, key: str) -> str:
+        """Upload under the bucket's key (e.g. inputs/x.jsonl) and return the job id S3's notification will create."""
+        response = boto3.client("s3", region_name=REGION).put_object(Bucket=self.stack.bucket, Key=key, Body=data)
+        # moto's notifications carry no versionId (aws-reliability.md, trap 2), so intake keys the job on the
+        # ETag here; on AWS the notification's versionId is used.
+        return S3Drop(self.stack.bucket, key, version_id=None, etag=response["ETag"]).job_id
+
+    def submit_job(self, spec: dict[str, Any]) -> str:
+        """Send a job message to the intake queue; returns its SQS message id."""
+        response = boto3.client("sqs", region_name=REGION).send_message(
+            QueueUrl=self.stack.queue_url("IntakeQueue"), MessageBody=json.dumps(spec)
+        )
+        return response["MessageId"]
+
+    def cancel(self, job_id: str) -> str:
+        """Send `{"action": "cancel"}` for the job to the intake queue, as `sagebatch cancel` does; returns the message id."""
+        return self.submit_job({"action": "cancel", "job_id": job_id})
+
+    def retry(self, job_id: str, client_token: str | None = None) -> str:
+        """Send `{"action": "retry"}` for the job, as `sagebatch retry` does; returns the child job's id."""
+        self.submit_job({"action": "retry", "job_id": job_id} | ({"client_token": client_token} if client_token else {}))
+        return retry_job_id(job_id, client_token)
+
+    def wait_for(self, job_id: str, timeout_s: float = 600) -> str:
+        def done() -> bool:
+            job = self.jobs.get_job(job_id)
+            return job is not None and job.status in FINAL_STATES
+
+        self.poller.run_until(done, timeout_s)
+        return self.jobs.get_job(job_id).status  # type: ignore[union-attr]
+
+    def drain(self, timeout_s: float = 600) -> None:
+        """Run until every queue is empty (and stays empty for one more round)."""
+        deadline = time.monotonic() + timeout_s
+        idle = 0
+        while idle < 3:
+            if time.monotonic() > deadline:
+                raise TimeoutError("queues did not drain")
+            idle = idle + 1 if self.poller.poll_once() == 0 else 0
+
+    def jobs_in_table(self) -> list[str]:
+        """Ids of every job item in the table (tests use it to prove no second job was made)."""
+        paginator = boto3.client("dynamodb", region_name=REGION).get_paginator("scan")
+        ids = []
+        for page in paginator.paginate(TableName=self.stack.table):
+            ids += [item["job_id"]["S"] for item in page["Items"] if item["sk"]["S"] == "META"]
+        return sorted(ids)
+
+    def read(self, key: str) -> bytes:
+        return boto3.client("s3", region_name=REGION).get_object(Bucket=self.stack.bucket, Key=key)["Body"].read()
+
+    def results(self, job_id: str) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.read(results_key(job_id)).splitlines()]
+
+    def manifest(self, job_id: str) -> dict[str, Any]:
+        return json.loads(self.read(manifest_key(job_id)))
+
+
+@contextmanager
+def local_stack(
+    template_path: Path | None = None,
+    parameters: dict[str, Any] | None = None,
+    emulator: Emulator | EmulatorConfig | None = None,
+    parallel: int = 4,
+) -> Iterator[LocalRun]:
+    """Start moto, create the template's resources, start the emulator, point the handlers at them.
+
+    `emulator` is a ready `Emulator`, or an `EmulatorConfig` (faults, perf model, proxy) to build one for the
+    template's endpoint name; None is the plain emulator.
+    """
+    from moto import mock_aws
+
+    if isinstance(emulator, EmulatorConfig):
+        emulator = emulator.build(_endpoint_name(template_path, parameters))
+    use_fake_aws_environment()
+    with mock_aws(), moto_requests_one_at_a_time():
+        stack = LocalStack(template_path, parameters, emulator).create()
+        try:
+            stack.apply_environment()
+            service.reset()
+            yield LocalRun(stack, EventSourcePoller(stack, parallel=parallel))
+        finally:
+            service.reset()
+            stack.stop()
+
+
+def _endpoint_name(template_path: Path | None, parameters: dict[str, Any] | None) -> str:
+    """The EndpointName the stack will use, resolved as LocalStack does: override, else the template default."""
+    if parameters and "EndpointName" in parameters:
+        return str(parameters["EndpointName"])
+    template = load_template(template_path or default_template_path())
+    return str(template["Parameters"]["EndpointName"]["Default"])
+
+
+def run_file(path: Path, out_dir: Path, timeout_s: float = 600, emulator: EmulatorConfig | None = None) -> dict[str, Any]:
+    """Drop FILE into the local stack's bucket, run the job to the end, copy its outputs to OUT_DIR.
+
+    `emulator` configures the endpoint emulator (fault knobs, perf model, proxy to a real model server).
+    """
+    with local_stack(emulator=emulator) as run:
+        job_id = run.drop_file(path.read_bytes(), f"inputs/{path.name}")
+        status = run.wait_for(job_id, timeout_s)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        manifest = run.manifest(job_id)
+        (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        if status != JobStatus.FAILED:  # COMPLETED, or CANCELLED / EXPIRED with the results done so far
+            (out_dir / "results.jsonl").write_bytes(run.read(results_key(job_id)))
+        stats = run.stack.emulator_server.emulator.stats
+        manifest["_local"] = {
+            "emulator_requests": stats.requests,
+            "emulator_injected_faults": stats.injected_faults,
+            "emulator_slowed": stats.slowed,
+        }
+        return manifest

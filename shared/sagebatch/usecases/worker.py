@@ -1,0 +1,172 @@
+"""ShardProcessor: run one work shard's records through the endpoint, store each result once, count the shard once.
+
+Idempotent on business keys (job id + line), not SQS message ids: results already stored by an
+earlier delivery are reused, never regenerated, and the job's counters move only when the
+shard's marker item is created.
+
+A stopped job (cancelled, or past its deadline) is checked before each record starts: records already
+in flight finish and are stored as usual, the others get a `cancelled`/`expired` result without a call,
+so the shard still completes and the job still finalizes with one result per line.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Callable
+
+from sagebatch.domain.job import ACTIVE, Job, ShardCounts
+from sagebatch.domain.messages import FinalizeRequest, Shard
+from sagebatch.domain.results import ResultLine, failed
+from sagebatch.observability import logger
+from sagebatch.ports import InputUnreadable, JobStore, LeaseStore, MessageSender, ObjectInfo, ObjectStore, ResultStore
+from sagebatch.usecases.control.stop import StopCheck
+from sagebatch.usecases.lease import Lease
+from sagebatch.usecases.record_runner import RecordRunner, RetryLater
+
+
+@dataclass(frozen=True)
+class ShardOutcome:
+    stored: int  # results stored by this delivery
+    reused: int  # results found from an earlier delivery
+    pending: int  # records to retry on a later delivery
+    finalize_sent: bool = False
+
+
+class ShardIncomplete(Exception):
+    """Some records hit retryable endpoint failures; the message must come back."""
+
+
+class ShardProcessor:
+    def __init__(
+        self,
+        jobs: JobStore,
+        results: ResultStore,
+        leases: LeaseStore,
+        objects: ObjectStore,
+        finalize: MessageSender,
+        runner: RecordRunner,
+        record_pool: ThreadPoolExecutor,
+        stop_check_seconds: float = 1.0,
+        lease_seconds: float = 60.0,
+    ):
+        self._jobs = jobs
+        self._results = results
+        self._leases = leases
+        self._objects = objects
+        self._finalize = finalize
+        self._runner = runner
+        self._pool = record_pool
+        self._stop_check_seconds = stop_check_seconds
+        self._lease_seconds = lease_seconds
+
+    def process(self, shard: Shard, final_attempt: bool = False, keep_going: Callable[[], bool] = lambda: True) -> ShardOutcome:
+        """Process the shard. On `final_attempt`, retryable failures are stored as failed results instead of retried."""
+        job = self._jobs.get_job(shard.job_id)
+        if job is None or job.status not in ACTIVE:
+            logger.info("shard of a job that is not running", extra={"job_id": shard.job_id, "shard": shard.shard})
+            return ShardOutcome(0, 0, 0)
+        if self._jobs.shard_done(shard.job_id, shard.shard):
+            return ShardOutcome(0, shard.lines, 0)
+        # Two copies of one shard (SQS delivers at least once) must not both call the endpoint: the first takes the
+        # shard's lease; a second waits for it to finish (or for a dead holder's lease to lapse), else comes back.
+        lease = Lease(self._leases.lease(shard.job_id, f"shard#{shard.shard:08d}"), self._lease_seconds)
+        if not lease.acquire_or_wait(done=lambda: self._jobs.shard_done(shard.job_id, shard.shard), may_wait=keep_going):
+            return ShardOutcome(0, shard.lines, 0)
+        with lease:
+            return self._run(shard, job, final_attempt, lambda: keep_going() and lease.held)
+
+    def _run(self, shard: Shard, job: Job, final_attempt: bool, keep_going: Callable[[], bool]) -> ShardOutcome:
+        last_line = shard.first_line + shard.lines - 1
+        known = {r.line: r for r in self._results.results(shard.job_id, shard.first_line, last_line)}
+        try:
+            lines = self._lines(shard)
+        except InputUnreadable as error:
+            # The input changed or vanished after intake: each line fails with the reason, none is lost.
+            lines = []
+            for line in range(shard.first_line, last_line + 1):
+                if line not in known:
+                    known[line] = _traced(shard, failed(line, shard.default_id(line), "input_unreadable", str(error)))
+                    self._results.put_result(shard.job_id, known[line])
+        todo = [(line, raw) for line, raw in lines if line not in known]
+        stop = StopCheck(self._jobs, job, self._stop_check_seconds)
+
+        def answer(line: int, raw: bytes) -> ResultLine | None:
+            # A stopped job's record costs no call, so it is answered even when this invocation is out of time.
+            reason = stop.reason()
+            if reason is not None:
+                return self._runner.not_run(line, raw, reason, shard.default_id(line))
+            if not keep_going():
+                return None
+            try:
+                return self._runner.run(line, raw, job.parameters, job.fit, shard.default_id(line),
+                                        self._results.call_cache(shard.job_id, line))
+            except RetryLater as error:
+                if final_attempt:
+                    return failed(line, error.record_id, f"endpoint_{error.error.kind.value}",
+                                  f"gave up after retries: {error.error.message}")
+                return None
+
+        def run_and_store(item: tuple[int, bytes]) -> tuple[ResultLine | None, bool]:
+            # Stored as soon as it exists: if another record's store fails, answers already paid for are kept.
+            result = answer(*item)
+            if result is None:
+                return None, False
+            result = self._flag_duplicate_id(shard, _traced(shard, result))
+            return result, self._results.put_result(shard.job_id, result)
+
+        futures = [self._pool.submit(run_and_store, item) for item in todo]
+        wait(futures)  # every record finishes (and is stored) before any error is raised
+        stored = 0
+        pending = 0
+        for future in futures:
+            result, was_stored = future.result()  # re-raises the first failed store: the message comes back
+            if result is None:
+                pending += 1
+                continue
+            stored += was_stored
+            known[result.line] = result
+        if pending:
+            raise ShardIncomplete(f"{pending} of {shard.lines} records of shard {shard.shard} must be retried")
+
+        counts = ShardCounts()
+        for result in known.values():
+            counts.add(result)
+        self._jobs.complete_shard(shard.job_id, shard.shard, counts)
+        finalize_sent = False
+        if self._jobs.try_begin_finalize(shard.job_id):
+            self._finalize.send(FinalizeRequest(job_id=shard.job_id))
+            finalize_sent = True
+        logger.info(
+            "shard done",
+            extra={"job_id": shard.job_id, "shard": shard.shard, "stored": stored, "reused": shard.lines - len(todo),
+                   "not_run": counts.cancelled + counts.expired},
+        )
+        return ShardOutcome(stored, shard.lines - len(todo), 0, finalize_sent)
+
+    def _flag_duplicate_id(self, shard: Shard, result: ResultLine) -> ResultLine:
+        """Ids need not be unique (every result line has its unique `line`), but a user joining on ids should know."""
+        if result.id is None or result.id == shard.default_id(result.line):
+            return result
+        first = self._results.claim_id(shard.job_id, str(result.id), result.line)
+        if first == result.line:
+            return result
+        note = f"duplicate id: line {first} has the same id"
+        return result.model_copy(update={"notes": [*(result.notes or []), note]})
+
+    def _lines(self, shard: Shard) -> list[tuple[int, bytes]]:
+        """The shard's lines (without newline) numbered from `first_line`."""
+        info = ObjectInfo(shard.bucket, shard.key, shard.version_id, shard.etag or "", shard.end)
+        data = self._objects.read_range(info, shard.start, shard.end)
+        pieces = data.split(b"\n")
+        if data.endswith(b"\n"):
+            pieces.pop()
+        if len(pieces) != shard.lines:
+            raise ValueError(f"shard {shard.shard} expected {shard.lines} lines, read {len(pieces)}")
+        return [(shard.first_line + i, piece.rstrip(b"\r")) for i, piece in enumerate(pieces)]
+
+
+def _traced(shard: Shard, result: ResultLine) -> ResultLine:
+    """A retry job's result names the line it had in the parent job."""
+    parent_line = shard.parent_line(result.line)
+    return result if parent_line is None else result.model_copy(update={"parent_line": parent_line})
