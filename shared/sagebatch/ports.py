@@ -66,6 +66,11 @@ class JobStore(Protocol):
         """Mark the shard done and add its counts to the job, atomically and at most once."""
         ...
 
+    def list_jobs(self, status: JobStatus | None = None, since: float | None = None, limit: int = 20) -> list[Job]:
+        """Jobs created at or after `since` (epoch seconds), newest first, at most `limit`, only those in `status`
+        when given (`sagebatch list`)."""
+        ...
+
 
 class CallCache(Protocol):
     """The answers of one record's endpoint calls, kept across deliveries (chunks of split / map_reduce)."""
@@ -75,19 +80,22 @@ class CallCache(Protocol):
     def put(self, key: str, result: Generation) -> None: ...
 
 
+class ResultUnstorable(Exception):
+    """This result cannot be stored as it is (it does not serialise): the line's problem, not the store's."""
+
+
 class ResultStore(Protocol):
-    """Each record's result, written once; the first line that used each explicit record id."""
+    """Each record's result, written once, whatever its size."""
 
     def put_result(self, job_id: str, result: ResultLine) -> bool:
-        """Store a record's result once; False when one was already stored (the first is kept)."""
+        """Store a record's result once; False when one was already stored (the first is kept).
+
+        Raises ResultUnstorable when the result itself cannot be stored; any other error is the store's
+        (throttling, 5xx) and the caller should try again later."""
         ...
 
     def results(self, job_id: str, first_line: int = 1, last_line: int | None = None) -> Iterator[ResultLine]:
         """Stored results in line order (a range, or the whole job)."""
-        ...
-
-    def claim_id(self, job_id: str, record_id: str, line: int) -> int:
-        """The first line that claimed this record id in the job (`line` itself if it is the first)."""
         ...
 
     def call_cache(self, job_id: str, line: int) -> CallCache: ...

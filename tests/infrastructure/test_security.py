@@ -13,7 +13,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from sagebatch.local.template import load_template
+from sagebatch.tooling.local.template import load_template
 from tests.conftest import ROOT
 
 TEMPLATE = load_template(ROOT / "template.yaml")
@@ -47,6 +47,7 @@ EXPECTED_GRANTS = {
     "WorkerFunctionRole": {
         "sqs:ReceiveMessage": {"WorkQueue"}, "sqs:DeleteMessage": {"WorkQueue"}, "sqs:GetQueueAttributes": {"WorkQueue"},
         "s3:GetObject": {"DataBucket/*"}, "s3:GetObjectVersion": {"DataBucket/*"},
+        "s3:PutObject": {"DataBucket/outputs/*/records/*"},  # results too large for a DynamoDB item
         # TransactWriteItems is authorised per item: PutItem (shard marker) + UpdateItem (job counters).
         "dynamodb:GetItem": {"JobsTable"}, "dynamodb:PutItem": {"JobsTable"}, "dynamodb:UpdateItem": {"JobsTable"},
         "dynamodb:Query": {"JobsTable"},
@@ -60,6 +61,7 @@ EXPECTED_GRANTS = {
         "sqs:GetQueueAttributes": {"FinalizeQueue"},
         # upload_fileobj: PutObject covers the multipart create/part/complete calls; Abort cleans up a failure.
         "s3:PutObject": {"DataBucket/outputs/*"}, "s3:AbortMultipartUpload": {"DataBucket/outputs/*"},
+        "s3:GetObject": {"DataBucket/outputs/*/records/*"},  # results too large for a DynamoDB item
         "dynamodb:GetItem": {"JobsTable"}, "dynamodb:Query": {"JobsTable"}, "dynamodb:UpdateItem": {"JobsTable"},
         "logs:CreateLogStream": {"FinalizerLogGroup"}, "logs:PutLogEvents": {"FinalizerLogGroup"},
         "xray:PutTraceSegments": {"*"}, "xray:PutTelemetryRecords": {"*"},

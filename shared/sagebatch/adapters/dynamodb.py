@@ -3,9 +3,8 @@
 Keys (one partition per job):
   pk=JOB#<id> sk=META            the job: status, counts, token totals, times, stop reason, deadline
   pk=JOB#<id> sk=SHARD#<n>       a finished shard (exists once; guards the job counters)
-  pk=JOB#<id> sk=REC#<line>      a record's result (written once, as soon as it is known)
+  pk=JOB#<id> sk=REC#<line>      a record's result (written once, as soon as it is known; over 350 KB: in S3)
   pk=JOB#<id> sk=CALL#<line>#<k> a chunk answer of a multi-call record
-  pk=JOB#<id> sk=ID#<hash>       the first line that used an explicit record id
   pk=JOB#<id> sk=LEASE#<name>    a lease (a shard's, or the job's enqueueing)
 
 Every write that counts is conditional, so redelivered messages never count twice

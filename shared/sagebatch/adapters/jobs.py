@@ -13,6 +13,12 @@ from sagebatch.domain.job import ACTIVE, Job, JobStatus, ShardCounts, sources
 from sagebatch.domain.results import StopReason
 
 
+# The sparse index `sagebatch list` reads (template.yaml, JobsTable): job items only, newest first by created_at.
+JOBS_INDEX = "jobs-by-created"
+JOB_KIND = "JOB"
+_BATCH_GET = 100
+
+
 class DynamoJobStore:
     def __init__(self, table: Table):
         self._table = table
@@ -24,6 +30,7 @@ class DynamoJobStore:
         values["parameters"] = json.dumps(values["parameters"])
         values["fit"] = json.dumps(values["fit"]) if values["fit"] else None
         values.update(pk=pk(job.job_id), sk="META", expires_at=int(job.created_at) + self._table.ttl_seconds)
+        values.update(kind=JOB_KIND)  # enters the sparse jobs-by-created index (its sort key is created_at)
         if written(lambda: self._table.db.put_item(
                 TableName=self._table.name,
                 Item=to_item(values),
@@ -142,3 +149,48 @@ class DynamoJobStore:
                 },
             ]
         ))
+
+    # -- listing ----------------------------------------------------------------------------
+    def list_jobs(self, status: JobStatus | None = None, since: float | None = None, limit: int = 20) -> list[Job]:
+        """Jobs created at or after `since` (epoch seconds), newest first, at most `limit`; only `status` ones if given.
+
+        Queries the sparse jobs-by-created index (keys, job_id and status), then reads the matching job items for
+        their counts. A job created before the index existed has no `kind` and is not listed.
+        """
+        if limit < 1:
+            return []
+        condition = "#k = :kind" + (" AND created_at >= :since" if since is not None else "")
+        values: dict[str, Any] = {":kind": JOB_KIND} | ({":since": float(since)} if since is not None else {})
+        names = {"#k": "kind"}
+        query: dict[str, Any] = {"TableName": self._table.name, "IndexName": JOBS_INDEX, "KeyConditionExpression": condition,
+                                 "ScanIndexForward": False}
+        if status is not None:
+            query["FilterExpression"] = "#s = :status"
+            names["#s"] = "status"
+            values[":status"] = str(status)
+        query |= {"ExpressionAttributeNames": names, "ExpressionAttributeValues": to_item(values)}
+        keys: list[dict[str, Any]] = []
+        while len(keys) < limit:
+            response = self._table.db.query(**query, Limit=limit - len(keys) if status is None else 100)
+            keys += [{"pk": item["pk"], "sk": item["sk"]} for item in response.get("Items", [])]
+            if "LastEvaluatedKey" not in response:
+                break
+            query["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+        keys = keys[:limit]
+        jobs = self._get_jobs(keys)
+        # The index is eventually consistent: a job may have moved on since; the item read is the truth.
+        return [job for key in keys if (job := jobs.get(key["pk"]["S"])) and (status is None or job.status == status)]
+
+    def _get_jobs(self, keys: list[dict[str, Any]]) -> dict[str, Job]:
+        """The job items for `keys` (BatchGetItem, 100 a request, unprocessed keys asked again), by pk."""
+        found: dict[str, Job] = {}
+        for start in range(0, len(keys), _BATCH_GET):
+            pending: dict[str, Any] = {self._table.name: {"Keys": keys[start:start + _BATCH_GET], "ConsistentRead": True}}
+            while pending:
+                response = self._table.db.batch_get_item(RequestItems=pending)
+                for item in response.get("Responses", {}).get(self._table.name, []):
+                    found[item["pk"]["S"]] = job_from_item(item)
+                pending = response.get("UnprocessedKeys") or {}
+                if pending:
+                    time.sleep(0.05)
+        return found

@@ -1,31 +1,49 @@
-"""DynamoResultStore: each record's result, the chunk answers of multi-call records and the record-id claims
-(sagebatch.ports.ResultStore over the single table)."""
+"""DynamoResultStore: each record's result and the chunk answers of multi-call records
+(sagebatch.ports.ResultStore over the single table; results too large for an item go to S3)."""
 
 from __future__ import annotations
 
 import hashlib
 import time
-from typing import Iterator
+from typing import Any, Iterator
 
 from sagebatch.adapters.dynamodb import Table, from_item, pk, rec_sk, to_item, written
 from sagebatch.domain.generation import Generation
+from sagebatch.domain.layout import large_result_key
 from sagebatch.domain.results import ResultLine
+from sagebatch.ports import ObjectStore, ResultUnstorable
+
+
+# A DynamoDB item holds at most 400 KB (names and values). A result whose JSON is larger than this (a split of a
+# long document, a very long id) lives in S3 beside the job's outputs and its item holds the key.
+INLINE_RESULT_BYTES = 350_000
 
 
 class DynamoResultStore:
-    def __init__(self, table: Table):
+    def __init__(self, table: Table, objects: ObjectStore, bucket: str):
         self._table = table
+        self._objects = objects
+        self._bucket = bucket
 
     # -- records ----------------------------------------------------------------------------
     def put_result(self, job_id: str, result: ResultLine) -> bool:
         """Store a record's result once; False when one was already stored (keep the first)."""
+        try:
+            body = result.model_dump_json()
+            body.encode("utf-8")
+        except ValueError as error:  # pydantic's serialisation errors and UnicodeEncodeError are ValueErrors
+            raise ResultUnstorable(f"{type(error).__name__}: {error}") from error
+        values: dict[str, Any] = {"pk": pk(job_id), "sk": rec_sk(result.line), "expires_at": self._table.expires_at()}
+        if len(body) > INLINE_RESULT_BYTES // 4 and len(body.encode("utf-8")) > INLINE_RESULT_BYTES:
+            # Named by content: of two racing deliveries, the item that wins points at its own object.
+            digest = hashlib.sha256(body.encode("utf-8")).hexdigest()[:16]
+            key = large_result_key(job_id, result.line).replace(".json", f"-{digest}.json")
+            self._objects.put_bytes(self._bucket, key, body.encode("utf-8"), content_type="application/json")
+            values["result_key"] = key
+        else:
+            values["result"] = body
         return written(lambda: self._table.db.put_item(
-            TableName=self._table.name,
-            Item=to_item(
-                {"pk": pk(job_id), "sk": rec_sk(result.line), "result": result.model_dump_json(),
-                 "expires_at": int(time.time()) + self._table.ttl_seconds}
-            ),
-            ConditionExpression="attribute_not_exists(pk)",
+            TableName=self._table.name, Item=to_item(values), ConditionExpression="attribute_not_exists(pk)",
         ))
 
     def results(self, job_id: str, first_line: int = 1, last_line: int | None = None) -> Iterator[ResultLine]:
@@ -39,19 +57,10 @@ class DynamoResultStore:
             ConsistentRead=True,
         ):
             for item in page["Items"]:
-                yield ResultLine.model_validate_json(item["result"]["S"])
-
-    def claim_id(self, job_id: str, record_id: str, line: int) -> int:
-        """The first line that claimed this record id in the job (`line` itself if it is the first)."""
-        key = to_item({"pk": pk(job_id), "sk": "ID#" + hashlib.sha256(record_id.encode("utf-8")).hexdigest()[:32]})
-        if written(lambda: self._table.db.put_item(
-                TableName=self._table.name,
-                Item={**key, **to_item({"line": line, "expires_at": int(time.time()) + self._table.ttl_seconds})},
-                ConditionExpression="attribute_not_exists(pk)",
-            )):
-            return line
-        item = self._table.db.get_item(TableName=self._table.name, Key=key, ConsistentRead=True)["Item"]
-        return int(item["line"]["N"])
+                if "result_key" in item:
+                    yield ResultLine.model_validate_json(self._objects.read_bytes(self._bucket, item["result_key"]["S"]))
+                else:
+                    yield ResultLine.model_validate_json(item["result"]["S"])
 
     # -- chunk answers (see records.CallCache) -------------------------------------------------
     def call_cache(self, job_id: str, line: int) -> "_CallItems":

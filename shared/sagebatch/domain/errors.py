@@ -12,7 +12,8 @@ def describe_validation_error(error: ValidationError, whole: str = "record") -> 
     parts = []
     for item in error.errors()[:_MAX_ITEMS]:
         where = ".".join(str(p) for p in item["loc"]) or whole
-        parts.append(f"{where}: {item['msg']}")
+        message = item["msg"]
+        parts.append(message if message.startswith(where.split(".")[0]) else f"{where}: {message}")
     return "; ".join(parts)
 
 

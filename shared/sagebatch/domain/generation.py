@@ -36,6 +36,8 @@ class EndpointError(Exception):
         self.kind = kind
         self.message = message
         self.original_status = original_status
+        # Requests sent for this logical call, retries included (set by the caller when it gives up).
+        self.attempts = 1
 
     @property
     def retryable(self) -> bool:
@@ -50,3 +52,5 @@ class Generation:
     generated_tokens: int
     finish_reason: str
     latency_ms: float = 0.0
+    # Requests sent to get this answer, retries included (0: taken from the chunk cache, not sent again).
+    attempts: int = 1

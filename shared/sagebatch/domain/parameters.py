@@ -9,7 +9,16 @@ cannot be made valid without changing what the user asked for are *rejected*.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from sagebatch.domain.limits import MAX_INPUT_LENGTH
+
+# The widths of TGI's Rust types (router/src/lib.rs): a value that does not fit is a 422 there.
+U32_MAX = 2**32 - 1
+U64_MAX = 2**64 - 1
+I32_MIN, I32_MAX = -(2**31), 2**31 - 1
 
 # Generation parameters TGI 1.1 understands (protocol.md 3.1). Unknown names are refused
 # here rather than silently ignored by TGI, so a typo like `max_tokens` fails the record.
@@ -23,21 +32,24 @@ TGI_PARAMETERS = {
 class Parameters(BaseModel):
     """TGI generation parameters; `None` means "not set", so job defaults can be merged under record values."""
 
-    model_config = ConfigDict(extra="forbid")
+    # Strict: JSON types as TGI's serde sees them, no coercion ("10" or true is not a number); no NaN/Infinity.
+    # The field bounds are the Rust types' widths; TGI's own rules (strictly positive, ...) are in `normalize`,
+    # with TGI's wording.
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
-    max_new_tokens: int | None = Field(None, ge=1)
+    max_new_tokens: int | None = Field(None, ge=0, le=U32_MAX)
     temperature: float | None = None
     top_p: float | None = None
     typical_p: float | None = None
-    top_k: int | None = None
+    top_k: int | None = Field(None, ge=I32_MIN, le=I32_MAX)
     repetition_penalty: float | None = None
     do_sample: bool | None = None
-    best_of: int | None = None
+    best_of: int | None = Field(None, ge=0, le=U32_MAX)
     stop: list[str] | None = None
-    truncate: int | None = None
-    seed: int | None = None
+    truncate: int | None = Field(None, ge=0, le=U32_MAX)
+    seed: int | None = Field(None, ge=0, le=U64_MAX)
     watermark: bool | None = None
-    top_n_tokens: int | None = None
+    top_n_tokens: int | None = Field(None, ge=0, le=U32_MAX)
     decoder_input_details: bool | None = None
 
     def over(self, defaults: "Parameters") -> "Parameters":
@@ -45,6 +57,42 @@ class Parameters(BaseModel):
         merged = defaults.model_dump(exclude_none=True)
         merged.update(self.model_dump(exclude_none=True))
         return Parameters(**merged)
+
+
+_TYPE_NAMES = {
+    "max_new_tokens": "u32", "top_k": "i32", "best_of": "u32", "truncate": "u32", "seed": "u64", "top_n_tokens": "u32",
+    "temperature": "f32", "top_p": "f32", "typical_p": "f32", "repetition_penalty": "f32",
+    "do_sample": "a boolean", "watermark": "a boolean", "decoder_input_details": "a boolean", "stop": "a list of strings",
+}
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return f"boolean `{str(value).lower()}`"
+    if isinstance(value, str):
+        return f"string {value[:40]!r}"
+    if isinstance(value, (int, float)):
+        return f"number {value}"
+    return {dict: "object", list: "sequence", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def describe_parameter_errors(error: ValidationError, prefix: tuple[str | int, ...] = ()) -> str:
+    """Type and width errors of generation parameters, worded like TGI's serde rejection ("invalid type: ...,
+    expected u32") so a user sees what TGI would have said, without paying for the call."""
+    parts = []
+    for item in error.errors()[:5]:
+        loc = item["loc"][len(prefix):]
+        name = str(loc[0]) if loc else "parameters"
+        value = item.get("input")
+        if item["type"] == "extra_forbidden":
+            parts.append(f"unknown parameter `{name}` (TGI 1.1 knows {', '.join(sorted(TGI_PARAMETERS))})")
+        elif item["type"] == "finite_number":
+            parts.append(f"`{name}` must be a finite number; NaN and Infinity are not JSON numbers TGI accepts")
+        elif item["type"] in ("greater_than_equal", "less_than_equal"):
+            parts.append(f"`{name}`: invalid value: {_json_type(value)}, expected {_TYPE_NAMES.get(name, 'a number')}")
+        else:
+            parts.append(f"`{name}`: invalid type: {_json_type(value)}, expected {_TYPE_NAMES.get(name, 'a value')}")
+    return "; ".join(parts)
 
 
 MAX_STOP_SEQUENCES = 4
@@ -56,8 +104,8 @@ class InvalidParameters(ValueError):
     pass
 
 
-def normalize(params: Parameters) -> tuple[Parameters, list[str]]:
-    """Return TGI-valid parameters and notes on what was fixed, or raise InvalidParameters."""
+def normalize(params: Parameters, max_input_length: int = MAX_INPUT_LENGTH) -> tuple[Parameters, list[str]]:
+    """Return TGI-valid parameters and notes on what was fixed, or raise InvalidParameters (TGI's wording)."""
     values = params.model_dump(exclude_none=True)
     notes: list[str] = []
     if values.get("temperature") == 0:
@@ -78,8 +126,12 @@ def normalize(params: Parameters) -> tuple[Parameters, list[str]]:
             problems.append(f"`{name}` must be > 0.0 and < 1.0")
     if "top_k" in values and values["top_k"] <= 0:
         problems.append("`top_k` must be strictly positive")
+    if values.get("max_new_tokens") == 0:
+        problems.append("`max_new_tokens` must be strictly positive")
     if len(values.get("stop") or []) > MAX_STOP_SEQUENCES:
         problems.append(f"`stop` supports up to {MAX_STOP_SEQUENCES} stop sequences. Given: {len(values['stop'])}")
+    if "truncate" in values and not 0 < values["truncate"] <= max_input_length:
+        problems.append(f"`truncate` must be strictly positive and less than {max_input_length}. Given: {values['truncate']}")
     if "top_n_tokens" in values and not 0 <= values["top_n_tokens"] <= MAX_TOP_N_TOKENS:
         problems.append(f"`top_n_tokens` must be >= 0 and <= {MAX_TOP_N_TOKENS}")
     best_of = values.get("best_of")

@@ -15,7 +15,8 @@ from __future__ import annotations
 from enum import Enum
 from typing import Any, ClassVar, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
+from pydantic_core import PydanticCustomError
 
 from sagebatch.domain.parameters import Parameters
 from sagebatch.domain.prompt import Message
@@ -37,16 +38,23 @@ class FitSettings(BaseModel):
     strategy: Strategy | None = None  # None: the record shape's default (fitting.default_strategy)
     keep: Literal["head", "tail"] = "head"
     # Below a few dozen tokens a chunk is not meaningful text, only many calls.
-    chunk_tokens: int | None = Field(None, ge=32)
-    overlap_tokens: int = Field(64, ge=0)
+    chunk_tokens: StrictInt | None = Field(None, ge=32)
+    overlap_tokens: StrictInt = Field(64, ge=0)
     # The smallest max_new_tokens worth sending for a chunk or a truncated prompt.
-    min_new_tokens: int = Field(16, ge=1)
+    min_new_tokens: StrictInt = Field(16, ge=1)
+
+
+def _not_blank(value: str, what: str) -> str:
+    # A whitespace-only text would be billed for an answer to nothing: refuse it before any call.
+    if not value.strip():
+        raise PydanticCustomError("empty_text", "{what} is empty", {"what": what})
+    return value
 
 
 class _RecordBase(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    id: str | int | None = None
+    id: StrictStr | StrictInt | None = None
     parameters: Parameters = Field(default_factory=Parameters)
     fit: FitSettings | None = None
 
@@ -55,7 +63,12 @@ class PromptRecord(_RecordBase):
     """A single user prompt, rendered with the instruct template."""
 
     kind: ClassVar[str] = "prompt"
-    prompt: str
+    prompt: StrictStr
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, value: str) -> str:
+        return _not_blank(value, "prompt")
 
 
 class ChatRecord(_RecordBase):
@@ -64,13 +77,25 @@ class ChatRecord(_RecordBase):
     kind: ClassVar[str] = "chat"
     messages: list[Message] = Field(min_length=1)
 
+    @field_validator("messages")
+    @classmethod
+    def _messages(cls, value: list[Message]) -> list[Message]:
+        for index, message in enumerate(value):
+            _not_blank(message.content, f"message {index} ({message.role})")
+        return value
+
 
 class RawRecord(_RecordBase):
     """`inputs` is sent to TGI as is: the caller owns the template."""
 
     kind: ClassVar[str] = "raw"
 
-    inputs: str = Field(min_length=1)
+    inputs: StrictStr
+
+    @field_validator("inputs")
+    @classmethod
+    def _inputs(cls, value: str) -> str:
+        return _not_blank(value, "inputs")
 
 
 class DocumentRecord(_RecordBase):
@@ -78,9 +103,14 @@ class DocumentRecord(_RecordBase):
 
     kind: ClassVar[str] = "document"
 
-    instruction: str
-    document: str
-    system: str | None = None
+    instruction: StrictStr
+    document: StrictStr
+    system: StrictStr | None = None
+
+    @field_validator("instruction", "document")
+    @classmethod
+    def _texts(cls, value: str, info: Any) -> str:
+        return _not_blank(value, info.field_name)
 
 
 InputRecord = Union[PromptRecord, ChatRecord, RawRecord, DocumentRecord]

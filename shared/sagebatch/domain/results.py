@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, TypeAdapter
 
 class Usage(BaseModel):
+    """Tokens of the answers a result is built from. The `reused_*` part came from answers a previous delivery of
+    this job already paid for (chunk answers kept across deliveries): they are counted once, here, not sent again."""
+
     input_tokens: int = 0
     output_tokens: int = 0
+    reused_input_tokens: int = 0
+    reused_output_tokens: int = 0
 
 
 class RecordError(BaseModel):
@@ -36,17 +43,33 @@ class ResultLine(BaseModel):
     max_new_tokens: int | None = None
     max_new_tokens_lowered: bool = False
     chunk_outputs: list[str] | None = None
-    calls: int = 0
+    calls: int = 0  # endpoint requests sent for this result, retries included
+    reused_calls: int = 0  # answers taken from the chunk cache instead of being sent again
     latency_ms: float | None = None
     notes: list[str] | None = None
     parent_line: int | None = None  # retry jobs: this record's line in the parent job
+    # Did the record name its id itself (else: its line, or a retry's inherited id)? Kept with the stored result
+    # for the duplicate-id check at finalize; not written to results.jsonl.
+    id_given: bool = False
+
+    def public_json(self) -> dict[str, Any]:
+        """The result as results.jsonl shows it."""
+        return self.model_dump(mode="json", exclude={"id_given"})
 
 
 RECORD_ADAPTER = TypeAdapter(ResultLine)
 
 
-def failed(line: int, record_id: Any, kind: str, message: str, usage: Usage | None = None) -> ResultLine:
-    return ResultLine(id=record_id, line=line, status="failed", error=RecordError(type=kind, message=message), usage=usage or Usage())
+def printable(text: str) -> str:
+    """`text` with any unpaired surrogate escaped, so it always encodes to UTF-8 (error messages may quote input)."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def failed(line: int, record_id: Any, kind: str, message: str, usage: Usage | None = None, calls: int = 0) -> ResultLine:
+    return ResultLine(
+        id=record_id, line=line, status="failed", error=RecordError(type=kind, message=printable(message)),
+        usage=usage or Usage(), calls=calls,
+    )
 
 
 _STOP_MESSAGES = {
@@ -58,3 +81,26 @@ _STOP_MESSAGES = {
 def stopped(line: int, record_id: Any, reason: StopReason) -> ResultLine:
     """The result of a record its job never started (no endpoint call, no tokens)."""
     return ResultLine(id=record_id, line=line, status=reason, error=RecordError(type=reason, message=_STOP_MESSAGES[reason]))
+
+
+class DuplicateIds:
+    """Ids need not be unique (every result line has its own `line`), but a user joining on ids should know: every
+    record that names an id already named on an earlier line gets a note saying which line. Ids compare as JSON
+    values (7 and "7" differ); a line without an id of its own never collides with one. Fed results in line order.
+
+    Memory: one 8-byte digest and one line number per distinct id (about 100 bytes: ~100 MB for 1M ids).
+    """
+
+    def __init__(self) -> None:
+        self._first_line: dict[int, int] = {}
+
+    def flag(self, result: ResultLine) -> ResultLine:
+        if not result.id_given:
+            return result
+        text = json.dumps(result.id, ensure_ascii=False).encode("utf-8", "surrogatepass")
+        key = int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big")
+        first = self._first_line.setdefault(key, result.line)
+        if first == result.line:
+            return result
+        note = f"duplicate id: line {first} has the same id"
+        return result.model_copy(update={"notes": [*(result.notes or []), note]})

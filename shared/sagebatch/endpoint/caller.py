@@ -85,6 +85,7 @@ class AdaptiveCaller:
     def invoke(self, payload: dict[str, Any], cost_tokens: int) -> Generation:
         self._count("calls")
         tracker = self.retry_policy.begin()
+        attempts = 0
         while True:
             try:
                 permit = self.limiter.acquire(cost_tokens, self.acquire_timeout_s)
@@ -92,6 +93,7 @@ class AdaptiveCaller:
                 self._count("failures")
                 raise
             self._count("attempts")
+            attempts += 1
             started = self.clock()
             try:
                 generation = self.endpoint.invoke_once(payload)
@@ -103,6 +105,7 @@ class AdaptiveCaller:
                     if decision.reason == "retry budget exhausted":
                         self._count("retry_budget_exhausted")
                     self._count("failures")
+                    error.attempts = attempts
                     raise
                 self._count("retries")
                 self.sleep(decision.delay_s)
@@ -116,7 +119,7 @@ class AdaptiveCaller:
             self._count("successes")
             if signal is Signal.SOFT:
                 self._count("soft_signals")
-            return replace(generation, latency_ms=latency_ms)
+            return replace(generation, latency_ms=latency_ms, attempts=attempts)
 
     @property
     def stats(self) -> CallerStats:

@@ -94,7 +94,7 @@ class SageMakerEndpoint:
         self._endpoint_name = endpoint_name
 
     def invoke_once(self, payload: dict[str, Any]) -> Generation:
-        body = json.dumps(payload, ensure_ascii=False).encode("utf-8")
+        body = json.dumps(payload, ensure_ascii=False, allow_nan=False).encode("utf-8")
         if len(body) > MAX_PAYLOAD_BYTES:
             raise EndpointError(
                 ErrorKind.PAYLOAD_TOO_LARGE, f"request body is {len(body)} bytes; SageMaker accepts at most {MAX_PAYLOAD_BYTES}"

@@ -32,7 +32,7 @@ def jobs() -> DynamoJobStore:
 
 
 def results() -> DynamoResultStore:
-    return DynamoResultStore(_table())
+    return DynamoResultStore(_table(), S3ObjectStore(client("s3")), get_settings().bucket_name)
 
 
 def _sender(queue_url: str) -> SqsMessageSender:

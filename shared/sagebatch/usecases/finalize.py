@@ -13,7 +13,9 @@ from dataclasses import dataclass
 
 from sagebatch.domain.job import JobStatus, final_status
 from sagebatch.domain.layout import manifest_key, results_key, s3_uri
+from sagebatch.domain.formats import dumps_line
 from sagebatch.domain.manifest import build_manifest
+from sagebatch.domain.results import DuplicateIds
 from sagebatch.observability import logger
 from sagebatch.ports import JobStore, ObjectStore, ResultStore
 from sagebatch.settings import Settings
@@ -44,12 +46,13 @@ class Finalizer:
             return FinalizeOutcome(job_id, job.status if job else "MISSING")
         bucket = self._settings.bucket_name
         written = 0
+        ids = DuplicateIds()
         # Spool to disk past 64 MB: a million-line result file must not have to fit in memory.
         with tempfile.SpooledTemporaryFile(max_size=64 * 1024 * 1024) as spool:
             for expected, result in enumerate(self._results.results(job_id), start=1):
                 if result.line != expected:
                     raise ResultsIncomplete(f"job {job_id}: no result for line {expected}")
-                spool.write(result.model_dump_json().encode("utf-8") + b"\n")
+                spool.write(dumps_line(ids.flag(result).public_json()).encode("utf-8") + b"\n")
                 written = expected
             if written != (job.total_records or 0):
                 raise ResultsIncomplete(f"job {job_id}: {written} results for {job.total_records} lines")

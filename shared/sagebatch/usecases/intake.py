@@ -21,6 +21,7 @@ from urllib.parse import unquote_plus
 
 from pydantic import ValidationError
 
+from sagebatch.domain.encoding import SNIFF_BYTES, sniff_problem
 from sagebatch.domain.errors import describe_validation_error
 from sagebatch.domain.job import Job, JobStatus
 from sagebatch.domain.layout import job_input_key, manifest_key, results_key
@@ -34,7 +35,6 @@ from sagebatch.usecases.control.retry import Lineage, RetryRefused, retry_lineag
 from sagebatch.usecases.lease import Lease
 
 _JOB_NAMESPACE = uuid.UUID("5d7f3c7e-9a53-4f0b-9d64-2a1c5b1e7a10")
-GZIP_MAGIC = b"\x1f\x8b"
 
 
 @dataclass(frozen=True)
@@ -240,8 +240,9 @@ class Intake:
     def _enqueue(self, job: Job, created: bool, lineage: Lineage | None) -> IntakeOutcome:
         try:
             info = self._objects.head(job.bucket, job.key, job.version_id)
-            if self._objects.head_bytes(info, 2) == GZIP_MAGIC:
-                raise InputUnreadable("the input is gzip-compressed; upload uncompressed JSONL (one JSON object per line)")
+            problem = sniff_problem(self._objects.head_bytes(info, SNIFF_BYTES))
+            if problem is not None:
+                raise InputUnreadable(problem)
             total_records, total_shards = self._enqueue_shards(job, info, lineage)
         except InputUnreadable as error:
             self._fail(job.job_id, str(error))

@@ -1,29 +1,40 @@
 """RecordRunner: one input line in, one `ResultLine` out (or "try again later").
 
-Pure orchestration over injected collaborators: the tokenizer, the token budget and an
-`EndpointCaller`. Parsing, parameter fixing, fitting to the context and error typing live here;
-AWS does not.
+The invariant lives here: whatever bytes a line holds, `run` returns exactly one result for it. A known problem
+becomes a failed result with its own `error.type`; anything else raised while reading, validating, fitting,
+formatting or calling for the line becomes `internal_error` with the exception's class and message (its stack
+trace goes to the log, without the message, which may quote the input). Only `RetryLater` (a retryable endpoint
+failure that outlived the caller's retries) escapes, so the shard comes back.
+
+Pure orchestration over injected collaborators: the tokenizer, the token budget and an `EndpointCaller`.
 """
 
 from __future__ import annotations
 
-import json
-import time
-from concurrent.futures import ThreadPoolExecutor
 import hashlib
-from typing import Any, Protocol, Sequence
+import json
+import re
+import threading
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Sequence
 
 from pydantic import ValidationError
 
 from sagebatch.domain.budget import BudgetExceeded, TokenBudget
 from sagebatch.domain.errors import describe
-from sagebatch.domain.fitting import Call, answer
+from sagebatch.domain.fitting import Call, UnsupportedStrategy, answer
 from sagebatch.domain.generation import EndpointError, Generation
-from sagebatch.domain.parameters import InvalidParameters, Parameters, normalize
+from sagebatch.domain.parameters import InvalidParameters, Parameters, describe_parameter_errors, normalize
 from sagebatch.domain.prompt import PromptFormatError
 from sagebatch.domain.records import FitSettings, parse_record
 from sagebatch.domain.results import ResultLine, StopReason, Usage, failed, stopped
+from sagebatch.observability import logger
 from sagebatch.ports import CallCache, EndpointCaller
+
+# An escaped surrogate in the JSON text: the only way a valid UTF-8 line can carry one (checked only then).
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 class RetryLater(Exception):
@@ -35,11 +46,63 @@ class RetryLater(Exception):
         self.record_id = record_id  # so that a final failure is reported under the record's own id
 
 
-def _named_id(data: Any, default: Any) -> Any:
-    """A parsed line's own `id` if it names one, else `default` (the line number, or a retry's inherited id)."""
-    if isinstance(data, dict) and data.get("id") is not None:
-        return data["id"]
-    return default
+class OutsideTheLine(Exception):
+    """A port (the endpoint client, the chunk cache) failed for a reason that is not the line's: AWS throttling or
+    a 5xx, the limiter's wait running out. `run` re-raises the original so the shard comes back."""
+
+    def __init__(self, error: Exception):
+        super().__init__(str(error))
+        self.error = error
+
+
+class LineFailed(Exception):
+    """A known problem with one line: it becomes that line's failed result."""
+
+    def __init__(self, kind: str, message: str, calls: int = 0):
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.calls = calls
+
+
+def valid_id(value: Any) -> bool:
+    """Record ids are JSON strings or integers (no floats, no booleans, no objects)."""
+    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise ValueError(f"duplicate key {key!r}")
+        obj[key] = value
+    return obj
+
+
+def parse_line(raw: bytes, max_line_bytes: int) -> Any:
+    """The JSON value of one input line, or LineFailed saying why it has none."""
+    if len(raw) > max_line_bytes:
+        raise LineFailed("line_too_large", f"line is {len(raw)} bytes; the limit is {max_line_bytes}")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise LineFailed("invalid_utf8", f"line is not UTF-8 text (byte {error.start})") from None
+    if not text.strip():
+        raise LineFailed("empty_line", "blank line: expected a JSON object")
+    try:
+        data = json.loads(text, object_pairs_hook=_no_duplicate_keys)
+    except RecursionError:
+        raise LineFailed("invalid_json", "line is not valid JSON: nested too deeply") from None
+    except ValueError as error:
+        message = str(error) if str(error).startswith("duplicate key") else f"line is not valid JSON: {error}"
+        raise LineFailed("invalid_json", message) from None
+    if _SURROGATE_ESCAPE.search(text):
+        try:
+            json.dumps(data, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as error:
+            bad = error.object[error.start:error.end].encode("utf-8", "backslashreplace").decode()
+            raise LineFailed("invalid_json", f"line holds an unpaired surrogate escape ({bad}): not Unicode text") from None
+    return data
 
 
 class RecordRunner:
@@ -59,15 +122,20 @@ class RecordRunner:
         self._max_line_bytes = max_line_bytes
         self._pool = call_pool
 
+    def record_id(self, line: int, raw: bytes, default_id: Any = None) -> tuple[Any, bool]:
+        """The id `run` gives this line's result, and whether the record named it itself."""
+        fallback = line if default_id is None else default_id
+        try:
+            data = parse_line(raw, self._max_line_bytes)
+        except Exception:  # no JSON, no id of its own
+            return fallback, False
+        named = data.get("id") if isinstance(data, dict) else None
+        return (named, True) if named is not None and valid_id(named) else (fallback, False)
+
     def not_run(self, line: int, raw: bytes, reason: StopReason, default_id: Any = None) -> ResultLine:
         """The result of a line its job stopped before it started, with the id `run` would have given it."""
-        record_id = line if default_id is None else default_id
-        if len(raw) <= self._max_line_bytes:
-            try:
-                record_id = _named_id(json.loads(raw), record_id)
-            except ValueError:  # not JSON (or not UTF-8): the line has no id of its own
-                pass
-        return stopped(line, record_id, reason)
+        record_id, given = self.record_id(line, raw, default_id)
+        return stopped(line, record_id, reason).model_copy(update={"id_given": given})
 
     def run(
         self,
@@ -78,58 +146,87 @@ class RecordRunner:
         default_id: Any = None,
         cache: CallCache | None = None,
     ) -> ResultLine:
-        """Answer one line. Raises RetryLater only for retryable endpoint failures.
+        """Answer one line: always one result. Raises RetryLater only for retryable endpoint failures.
 
         `default_id` is the result's id when the record names none (a retry job passes the parent's); else the line.
         """
         record_id: Any = line if default_id is None else default_id
-        if len(raw) > self._max_line_bytes:
-            return failed(line, record_id, "line_too_large", f"line is {len(raw)} bytes; the limit is {self._max_line_bytes}")
+        given = False
+        sent = _Sent()
         try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as error:
-            return failed(line, record_id, "invalid_utf8", f"line is not UTF-8 text (byte {error.start})")
-        if not text.strip():
-            return failed(line, record_id, "empty_line", "blank line: expected a JSON object")
-        try:
-            data = json.loads(text)
-        except ValueError as error:
-            return failed(line, record_id, "invalid_json", f"line is not valid JSON: {error}")
-        record_id = _named_id(data, record_id)
+            data = parse_line(raw, self._max_line_bytes)
+            if isinstance(data, dict) and data.get("id") is not None:
+                if not valid_id(data["id"]):
+                    raise LineFailed("invalid_record", f"id must be a string or an integer, not {_json_kind(data['id'])}")
+                record_id, given = data["id"], True
+            return self._answer(line, data, record_id, job_parameters, job_fit, cache, sent).model_copy(
+                update={"id_given": given}
+            )
+        except RetryLater:
+            raise
+        except OutsideTheLine as wrapped:
+            raise wrapped.error from None
+        except LineFailed as problem:
+            result = failed(line, record_id, problem.kind, problem.message, calls=sent.requests)
+        except Exception as error:  # our own bug: the line fails, the shard goes on
+            logger.error(
+                "internal error on a line",
+                extra={"line": line, "error_class": type(error).__name__, "trace": traceback.format_tb(error.__traceback__)},
+            )
+            result = failed(line, record_id, "internal_error", f"{type(error).__name__}: {error}", calls=sent.requests)
+        return result.model_copy(update={"id_given": given})
+
+    def _answer(
+        self,
+        line: int,
+        data: Any,
+        record_id: Any,
+        job_parameters: Parameters,
+        job_fit: FitSettings | None,
+        cache: CallCache | None,
+        sent: "_Sent",
+    ) -> ResultLine:
         try:
             record = parse_record(data)
-        except (ValidationError, ValueError) as error:
-            return failed(line, record_id, "invalid_record", describe(error))
-        if record.id is not None:
-            record_id = record.id
+        except ValidationError as error:
+            if all(item["loc"] and item["loc"][0] == "parameters" for item in error.errors()):
+                raise LineFailed("invalid_parameters", describe_parameter_errors(error, ("parameters",))) from None
+            raise LineFailed("invalid_record", describe(error)) from None
+        except ValueError as error:
+            raise LineFailed("invalid_record", str(error)) from None
         try:
-            params, notes = normalize(record.parameters.over(job_parameters))
+            params, notes = normalize(record.parameters.over(job_parameters), self._budget.max_input_length)
         except InvalidParameters as error:
-            return failed(line, record_id, "invalid_parameters", str(error))
+            raise LineFailed("invalid_parameters", str(error)) from None
         fit = record.fit or job_fit or FitSettings()
         max_new_tokens = params.max_new_tokens or self._default_max_new_tokens
-        sent = params.model_dump(exclude_none=True, exclude={"max_new_tokens"})
+        body = params.model_dump(exclude_none=True, exclude={"max_new_tokens"})
         started = time.monotonic()
         try:
             outcome = answer(
                 record, max_new_tokens, fit, self._budget, self._tokenizer,
-                lambda calls: self._generate(calls, sent, cache),
+                lambda calls: self._generate(calls, body, cache, sent),
             )
         except BudgetExceeded as error:
-            return failed(line, record_id, "context_length_exceeded", str(error))
+            raise LineFailed("context_length_exceeded", str(error), sent.requests) from None
+        except UnsupportedStrategy as error:
+            raise LineFailed("unsupported_strategy", str(error), sent.requests) from None
         except PromptFormatError as error:
-            return failed(line, record_id, "invalid_record", str(error))
+            raise LineFailed("invalid_record", str(error), sent.requests) from None
         except EndpointError as error:
             if error.retryable:
                 raise RetryLater(error, record_id) from error
-            return failed(line, record_id, f"endpoint_{error.kind.value}", error.message)
+            raise LineFailed(f"endpoint_{error.kind.value}", error.message, sent.requests) from None
         return ResultLine(
             id=record_id,
             line=line,
             status="succeeded",
             output=outcome.output,
             finish_reason=outcome.finish_reason,
-            usage=Usage(input_tokens=outcome.input_tokens, output_tokens=outcome.output_tokens),
+            usage=Usage(
+                input_tokens=outcome.input_tokens, output_tokens=outcome.output_tokens,
+                reused_input_tokens=sent.reused_input_tokens, reused_output_tokens=sent.reused_output_tokens,
+            ),
             strategy=outcome.strategy.value if outcome.strategy else None,
             chunks=outcome.chunks,
             truncated=outcome.truncated,
@@ -138,10 +235,13 @@ class RecordRunner:
             chunk_outputs=outcome.chunk_outputs,
             latency_ms=round((time.monotonic() - started) * 1000, 1),
             notes=notes or None,
-            calls=outcome.calls,
+            calls=sent.requests,
+            reused_calls=sent.reused,
         )
 
-    def _generate(self, calls: Sequence[Call], parameters: dict[str, Any], cache: CallCache | None) -> list[Generation]:
+    def _generate(
+        self, calls: Sequence[Call], parameters: dict[str, Any], cache: CallCache | None, sent: "_Sent"
+    ) -> list[Generation]:
         """Run one stage's calls concurrently; every call goes through the same caller and limiter.
 
         A stage of several calls (the chunks of `split` / `map_reduce`) keeps each answer in `cache` as it arrives,
@@ -161,12 +261,19 @@ class RecordRunner:
                 },
             }
             key = _call_key(payload) if use_cache else ""
-            if use_cache and (known := cache.get(key)) is not None:  # type: ignore[union-attr]
+            if use_cache and (known := _port(cache.get, key)) is not None:  # type: ignore[union-attr]
+                sent.reuse(call.input_tokens, known.generated_tokens)
                 return known
-            generation = self._caller.invoke(payload, cost_tokens=call.input_tokens)
-            result = generation
+            try:
+                result = self._caller.invoke(payload, cost_tokens=call.input_tokens)
+            except EndpointError as error:  # classified: the caller decides (retry later, or the line fails)
+                sent.add(error.attempts)
+                raise
+            except Exception as error:
+                raise OutsideTheLine(error) from error
+            sent.add(result.attempts)
             if use_cache:
-                cache.put(key, result)  # type: ignore[union-attr]
+                _port(cache.put, key, result)  # type: ignore[union-attr]
             return result
 
         if len(calls) == 1:
@@ -177,3 +284,40 @@ class RecordRunner:
 def _call_key(payload: dict[str, Any]) -> str:
     """Same request, same key: the chunk index in content form (a re-split of the same record gives the same calls)."""
     return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()[:32]
+
+
+def _port(method: Any, *args: Any) -> Any:
+    """Call a port of the outside world; its failures are not the line's."""
+    try:
+        return method(*args)
+    except Exception as error:
+        raise OutsideTheLine(error) from error
+
+
+class _Sent:
+    """What answering one record cost: requests sent (retries included) and answers reused from the chunk cache."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # chunk calls run on a thread pool
+        self.requests = 0
+        self.reused = 0
+        self.reused_input_tokens = 0
+        self.reused_output_tokens = 0
+
+    def add(self, requests: int) -> None:
+        with self._lock:
+            self.requests += requests
+
+    def reuse(self, input_tokens: int, output_tokens: int) -> None:
+        with self._lock:
+            self.reused += 1
+            self.reused_input_tokens += input_tokens
+            self.reused_output_tokens += output_tokens
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, float):
+        return f"a number with a fraction ({value!r})" if value == value else "NaN"
+    return {dict: "an object", list: "an array"}.get(type(value), type(value).__name__)

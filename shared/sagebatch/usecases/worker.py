@@ -15,11 +15,21 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Callable
 
+from sagebatch.domain.encoding import UTF8_BOM
 from sagebatch.domain.job import ACTIVE, Job, ShardCounts
 from sagebatch.domain.messages import FinalizeRequest, Shard
 from sagebatch.domain.results import ResultLine, failed
 from sagebatch.observability import logger
-from sagebatch.ports import InputUnreadable, JobStore, LeaseStore, MessageSender, ObjectInfo, ObjectStore, ResultStore
+from sagebatch.ports import (
+    InputUnreadable,
+    JobStore,
+    LeaseStore,
+    MessageSender,
+    ObjectInfo,
+    ObjectStore,
+    ResultStore,
+    ResultUnstorable,
+)
 from sagebatch.usecases.control.stop import StopCheck
 from sagebatch.usecases.lease import Lease
 from sagebatch.usecases.record_runner import RecordRunner, RetryLater
@@ -112,8 +122,7 @@ class ShardProcessor:
             result = answer(*item)
             if result is None:
                 return None, False
-            result = self._flag_duplicate_id(shard, _traced(shard, result))
-            return result, self._results.put_result(shard.job_id, result)
+            return self._store(shard, _traced(shard, result))
 
         futures = [self._pool.submit(run_and_store, item) for item in todo]
         wait(futures)  # every record finishes (and is stored) before any error is raised
@@ -144,15 +153,17 @@ class ShardProcessor:
         )
         return ShardOutcome(stored, shard.lines - len(todo), 0, finalize_sent)
 
-    def _flag_duplicate_id(self, shard: Shard, result: ResultLine) -> ResultLine:
-        """Ids need not be unique (every result line has its unique `line`), but a user joining on ids should know."""
-        if result.id is None or result.id == shard.default_id(result.line):
-            return result
-        first = self._results.claim_id(shard.job_id, str(result.id), result.line)
-        if first == result.line:
-            return result
-        note = f"duplicate id: line {first} has the same id"
-        return result.model_copy(update={"notes": [*(result.notes or []), note]})
+    def _store(self, shard: Shard, result: ResultLine) -> tuple[ResultLine, bool]:
+        """Store one line's result. A result that cannot be stored as it is becomes the line's `internal_error`
+        result; any other store failure (throttling, 5xx) is not the line's: it propagates and the shard comes back."""
+        try:
+            return result, self._results.put_result(shard.job_id, result)
+        except ResultUnstorable as error:
+            logger.error("result could not be stored", extra={"job_id": shard.job_id, "line": result.line})
+            replacement = _traced(shard, failed(result.line, result.id, "internal_error",
+                                                f"the result could not be stored: {error}",
+                                                usage=result.usage, calls=result.calls))
+            return replacement, self._results.put_result(shard.job_id, replacement)
 
     def _lines(self, shard: Shard) -> list[tuple[int, bytes]]:
         """The shard's lines (without newline) numbered from `first_line`."""
@@ -162,7 +173,9 @@ class ShardProcessor:
         if data.endswith(b"\n"):
             pieces.pop()
         if len(pieces) != shard.lines:
-            raise ValueError(f"shard {shard.shard} expected {shard.lines} lines, read {len(pieces)}")
+            raise InputUnreadable(f"the input changed: shard {shard.shard} expected {shard.lines} lines, read {len(pieces)}")
+        if shard.start == 0 and pieces and pieces[0].startswith(UTF8_BOM):
+            pieces[0] = pieces[0][len(UTF8_BOM):]  # a file saved "UTF-8 with BOM": the first record is still line 1
         return [(shard.first_line + i, piece.rstrip(b"\r")) for i, piece in enumerate(pieces)]
 
 

@@ -37,6 +37,7 @@ from botocore.awsrequest import AWSPreparedRequest, AWSResponse
 from botocore.exceptions import ReadTimeoutError
 
 from sagebatch.tooling.emulator.server import Emulator, FaultConfig
+from sagebatch.tooling.local.runner import SimulatedCrash
 
 try:  # moto is a test/local dependency; without it sends simply go out over the network
     from moto.core.models import botocore_stubber as _moto_stubber
@@ -52,7 +53,7 @@ SERVICES = ("dynamodb", "s3", "sqs", "sagemaker-runtime")
 _MOTO_LOCK = threading.RLock()
 
 
-class InjectedCrash(RuntimeError):
+class InjectedCrash(SimulatedCrash):
     """The process 'died' at this call. Not an AWS error: botocore does not retry it, nothing catches it as one."""
 
 

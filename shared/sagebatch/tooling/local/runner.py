@@ -42,6 +42,12 @@ class LambdaContext:
         return max(0, int((self.timeout_s - (time.monotonic() - self.started)) * 1000))
 
 
+class SimulatedCrash(BaseException):
+    """A Lambda process dying mid-invocation (fault injection). A BaseException, like the SystemExit it stands for,
+    so that no `except Exception` in the service mistakes it for a problem of the line being processed: the whole
+    invocation fails, as Lambda sees a crash."""
+
+
 class PipelineStalled(RuntimeError):
     """Nothing is left to deliver, yet what the caller waits for has not happened."""
 
@@ -156,7 +162,7 @@ class EventSourcePoller:
         try:
             response = self.handlers[trigger.function](event, context)
             failed_ids = _failed_ids(response, {m["MessageId"] for m in messages})
-        except Exception:  # the whole invocation failed, as Lambda sees it
+        except (Exception, SimulatedCrash):  # the whole invocation failed, as Lambda sees it
             failed_ids = {m["MessageId"] for m in messages}
             self.stats.batch_failures += 1
         for message in messages:
