@@ -139,11 +139,11 @@ class DynamoJobStore:
                         "TableName": self._table.name,
                         "Key": to_item({"pk": pk(job_id), "sk": "META"}),
                         "UpdateExpression": "ADD shards_done :one, succeeded :s, failed :f, cancelled :c, expired :x, "
-                        "input_tokens :it, output_tokens :ot, endpoint_calls :ec",
+                        "input_tokens :it, output_tokens :ot, endpoint_calls :ec, reused_calls :rc",
                         "ExpressionAttributeValues": to_item(
                             {":one": 1, ":s": counts.succeeded, ":f": counts.failed, ":c": counts.cancelled,
                              ":x": counts.expired, ":it": counts.input_tokens, ":ot": counts.output_tokens,
-                             ":ec": counts.endpoint_calls}
+                             ":ec": counts.endpoint_calls, ":rc": counts.reused_calls}
                         ),
                     }
                 },

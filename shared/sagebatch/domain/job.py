@@ -74,13 +74,15 @@ class ShardCounts(BaseModel):
     expired: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
-    endpoint_calls: int = 0
+    endpoint_calls: int = 0  # requests sent, retries included
+    reused_calls: int = 0  # chunk answers reused from an earlier delivery instead of being sent again
 
     def add(self, result: ResultLine) -> None:
         setattr(self, result.status, getattr(self, result.status) + 1)
         self.input_tokens += result.usage.input_tokens
         self.output_tokens += result.usage.output_tokens
         self.endpoint_calls += result.calls
+        self.reused_calls += result.reused_calls
 
 
 class Job(ShardCounts):

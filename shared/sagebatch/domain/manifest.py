@@ -27,6 +27,7 @@ def build_manifest(job: Job, bucket: str, finished_at: float, status: str) -> di
         "counts": counts,
         "tokens": {"input": job.input_tokens, "output": job.output_tokens},
         "endpoint_calls": job.endpoint_calls,
+        "reused_calls": job.reused_calls,
         "timings": {
             "created_at": iso_time(job.created_at),
             "started_at": iso_time(job.started_at),

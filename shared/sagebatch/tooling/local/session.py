@@ -14,6 +14,7 @@ import boto3
 from sagebatch.lambdas import service
 from sagebatch.adapters.dynamodb import Table
 from sagebatch.adapters.jobs import DynamoJobStore
+from sagebatch.adapters.objects import S3ObjectStore
 from sagebatch.adapters.results import DynamoResultStore
 from sagebatch.domain.job import FINISHED, JobStatus
 from sagebatch.tooling.emulator.server import Emulator, EmulatorConfig
@@ -37,7 +38,10 @@ class LocalRun:
 
     @property
     def result_store(self) -> DynamoResultStore:
-        return DynamoResultStore(Table(boto3.client("dynamodb", region_name=REGION), self.stack.table))
+        return DynamoResultStore(
+            Table(boto3.client("dynamodb", region_name=REGION), self.stack.table),
+            S3ObjectStore(boto3.client("s3", region_name=REGION)), self.stack.bucket,
+        )
 
     def drop_file(self, data: bytes, key: str) -> str:
         """Upload under the bucket's key (e.g. inputs/x.jsonl) and return the job id S3's notification will create."""
@@ -151,5 +155,6 @@ def run_file(path: Path, out_dir: Path, timeout_s: float = 600, emulator: Emulat
             "emulator_requests": stats.requests,
             "emulator_injected_faults": stats.injected_faults,
             "emulator_slowed": stats.slowed,
+            "emulator_validation_errors": stats.validation_errors,
         }
         return manifest

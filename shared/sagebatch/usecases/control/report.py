@@ -19,7 +19,8 @@ def describe(job: Job) -> list[str]:
         f"  records   {job.total_records if job.total_records is not None else '?'} total, {job.succeeded} succeeded, "
         f"{job.failed} failed, {job.cancelled} cancelled, {job.expired} expired",
         f"  shards    {done} done",
-        f"  tokens    {job.input_tokens} in, {job.output_tokens} out, {job.endpoint_calls} endpoint calls",
+        f"  tokens    {job.input_tokens} in, {job.output_tokens} out, {job.endpoint_calls} endpoint calls"
+        f"{f' ({job.reused_calls} reused)' if job.reused_calls else ''}",
         f"  created   {_iso(job.created_at)}, deadline {_iso(job.deadline_at) or 'none'}",
     ]
     if job.stop_reason:
