@@ -10,6 +10,8 @@ from __future__ import annotations
 GZIP_MAGIC = b"\x1f\x8b"
 UTF8_BOM = b"\xef\xbb\xbf"
 SNIFF_BYTES = 64
+# Shorter than this, a file is too small to tell an encoding from a bad line by its NULs (one UTF-16 record is more).
+_MIN_SAMPLE = 16
 
 _BOMS = (
     (b"\xff\xfe\x00\x00", "UTF-32"),
@@ -30,7 +32,7 @@ def sniff_problem(head: bytes) -> str | None:
     nuls = sample.count(b"\x00")
     # JSON text never holds a NUL byte, but one stray NUL is one bad line, not a wrong encoding. UTF-16 text
     # (mostly ASCII, as JSON is) is about every other byte NUL, UTF-32 three bytes of four.
-    if sample and nuls >= len(sample) * 2 // 5:
+    if len(sample) >= _MIN_SAMPLE and nuls >= len(sample) * 2 // 5:
         name = "UTF-32" if nuls >= len(sample) * 5 // 8 else "UTF-16"
         return f"input must be UTF-8 JSON Lines; this file looks like {name} (NUL bytes in its first {len(sample)} bytes)"
     return None

@@ -25,13 +25,14 @@ from sagebatch.domain.encoding import SNIFF_BYTES, sniff_problem
 from sagebatch.domain.errors import describe_validation_error
 from sagebatch.domain.job import Job, JobStatus
 from sagebatch.domain.layout import job_input_key, manifest_key, results_key
-from sagebatch.domain.messages import CONTROL_ADAPTER, CancelRequest, FinalizeRequest, JobSpec, RetryRequest, Shard
+from sagebatch.domain.messages import CONTROL_ADAPTER, CancelRequest, JobSpec, RetryRequest, Shard
 from sagebatch.domain.results import ResultLine
 from sagebatch.observability import logger
 from sagebatch.ports import InputUnreadable, JobStore, LeaseStore, LineSpan, MessageSender, ObjectInfo, ObjectStore
 from sagebatch.settings import Settings
 from sagebatch.usecases.control.cancel import cancel
 from sagebatch.usecases.control.retry import Lineage, RetryRefused, retry_lineage, retryable
+from sagebatch.usecases.finishing import begin_finalize, resume_finalize
 from sagebatch.usecases.lease import Lease
 
 _JOB_NAMESPACE = uuid.UUID("5d7f3c7e-9a53-4f0b-9d64-2a1c5b1e7a10")
@@ -223,6 +224,7 @@ class Intake:
         job, created = self._jobs.create_job(job)
         if not created and job.status != JobStatus.CREATING:
             logger.info("duplicate submission", extra={"job_id": job.job_id, "status": job.status})
+            resume_finalize(self._jobs, self._finalize, job.job_id, job.status)  # in case this message's first try failed there
             return IntakeOutcome(job.job_id, False, "duplicate")
         # Two simultaneous deliveries of one submission both get here (the loser of create_job sees CREATING):
         # only the holder of the job's enqueue lease sends the shards; the other waits until the job has started.
@@ -250,8 +252,7 @@ class Intake:
         self._jobs.start_job(job.job_id, total_records, total_shards, info.version_id, info.etag)
         logger.info("job started", extra={"job_id": job.job_id, "records": total_records, "shards": total_shards})
         # An empty file, or workers that finished every shard before the totals were known.
-        if self._jobs.try_begin_finalize(job.job_id):
-            self._finalize.send(FinalizeRequest(job_id=job.job_id))
+        begin_finalize(self._jobs, self._finalize, job.job_id)
         return IntakeOutcome(job.job_id, created)
 
     def _enqueue_shards(self, job: Job, info: ObjectInfo, lineage: Lineage | None) -> tuple[int, int]:

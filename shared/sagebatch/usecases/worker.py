@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from sagebatch.domain.encoding import UTF8_BOM
-from sagebatch.domain.job import ACTIVE, Job, ShardCounts
-from sagebatch.domain.messages import FinalizeRequest, Shard
+from sagebatch.domain.job import ACTIVE, Job, JobStatus, ShardCounts
+from sagebatch.domain.messages import Shard
 from sagebatch.domain.results import ResultLine, failed
 from sagebatch.observability import logger
 from sagebatch.ports import (
@@ -31,6 +31,7 @@ from sagebatch.ports import (
     ResultUnstorable,
 )
 from sagebatch.usecases.control.stop import StopCheck
+from sagebatch.usecases.finishing import begin_finalize, resume_finalize
 from sagebatch.usecases.lease import Lease
 from sagebatch.usecases.record_runner import RecordRunner, RetryLater
 
@@ -73,11 +74,15 @@ class ShardProcessor:
     def process(self, shard: Shard, final_attempt: bool = False, keep_going: Callable[[], bool] = lambda: True) -> ShardOutcome:
         """Process the shard. On `final_attempt`, retryable failures are stored as failed results instead of retried."""
         job = self._jobs.get_job(shard.job_id)
+        if job is not None and job.status == JobStatus.FINALIZING:
+            # A redelivery after the switch: the finalize request may have been lost, ask again.
+            return ShardOutcome(0, shard.lines, 0, resume_finalize(self._jobs, self._finalize, job.job_id, job.status))
         if job is None or job.status not in ACTIVE:
             logger.info("shard of a job that is not running", extra={"job_id": shard.job_id, "shard": shard.shard})
             return ShardOutcome(0, 0, 0)
         if self._jobs.shard_done(shard.job_id, shard.shard):
-            return ShardOutcome(0, shard.lines, 0)
+            # Counted by an earlier delivery that may have failed before the switch to FINALIZING.
+            return ShardOutcome(0, shard.lines, 0, begin_finalize(self._jobs, self._finalize, job.job_id))
         # Two copies of one shard (SQS delivers at least once) must not both call the endpoint: the first takes the
         # shard's lease; a second waits for it to finish (or for a dead holder's lease to lapse), else comes back.
         lease = Lease(self._leases.lease(shard.job_id, f"shard#{shard.shard:08d}"), self._lease_seconds)
@@ -142,10 +147,7 @@ class ShardProcessor:
         for result in known.values():
             counts.add(result)
         self._jobs.complete_shard(shard.job_id, shard.shard, counts)
-        finalize_sent = False
-        if self._jobs.try_begin_finalize(shard.job_id):
-            self._finalize.send(FinalizeRequest(job_id=shard.job_id))
-            finalize_sent = True
+        finalize_sent = begin_finalize(self._jobs, self._finalize, shard.job_id)
         logger.info(
             "shard done",
             extra={"job_id": shard.job_id, "shard": shard.shard, "stored": stored, "reused": shard.lines - len(todo),
