@@ -12,6 +12,7 @@ from typing import IO, Any, Iterable, Iterator, Protocol
 
 from pydantic import BaseModel
 
+from sagebatch.domain.events import JobStateChange
 from sagebatch.domain.generation import Generation
 from sagebatch.domain.job import Job, JobStatus, ShardCounts, StopReason
 from sagebatch.domain.results import ResultLine
@@ -192,3 +193,25 @@ class DeadLetterQueues(Protocol):
     def only_source(self, dlq_url: str) -> str: ...
 
     def copy_messages(self, dlq_url: str, destination_url: str, wait_s: int = 1) -> int: ...
+
+
+# -- notifications ------------------------------------------------------------------------------
+class PublishFailed(Exception):
+    """A job event could not be published: the caller's own message must come back (and publish it again)."""
+
+
+class JobEvents(Protocol):
+    """Job state-change events (domain.events) to subscribers: EventBridge, and SNS for finished jobs.
+
+    Delivery is at least once: whoever makes a status change publishes it, and a redelivered message may publish
+    the same change again (same `event_id`). Raises PublishFailed rather than dropping an event.
+    """
+
+    def publish(self, event: JobStateChange) -> None: ...
+
+
+class NoJobEvents:
+    """JobEvents that publishes nothing: the default of the use cases when none are given."""
+
+    def publish(self, event: JobStateChange) -> None:
+        return None

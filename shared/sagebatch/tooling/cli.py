@@ -1,314 +1,335 @@
-"""The `sagebatch` command: run a file through the local stack, or serve the endpoint emulator alone; and control
-the jobs of a deployed stack (cancel, retry, status, redrive a dead-letter queue).
+"""The `sagebatch` command (typer): drive a deployed stack by its name, or run everything on this machine.
 
-`run` and `emulator` take the same emulator options: fault knobs (`--fault-*`), the calibrated performance model
-(`--perf`), or proxy mode (`--proxy URL`), where a real TGI or OpenAI-compatible server writes the text.
-The job-control commands use the AWS credentials and region of the environment (the region defaults to the
-queue URL's); see docs/operations.md.
+Deployed stack: `submit`, `status`, `watch`, `results`, `list`, `cancel`, `retry`, `redrive` find the stack's bucket,
+queues and table from its CloudFormation outputs (`--stack`, else SAGEBATCH_STACK, else samconfig.toml), with the
+AWS credentials of the environment (tooling/cli_jobs.py, tooling/stack_outputs.py). Local: `run` puts a file through
+the whole pipeline on moto and the endpoint emulator, `emulator` serves the emulator alone (tooling/cli_local.py).
+Endpoint: `endpoint deploy|describe|delete` (tooling/cli_endpoint.py; `deploy-endpoint` and `delete-endpoint` remain
+as aliases).
+
+`main(argv)` runs the app without click's standalone mode: a usage error prints one sentence and exits 2 (as
+argparse did), an AWS error prints the error and returns 1, a command returns its exit code (cli_args.ExitCode).
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
-import time
-from dataclasses import replace
+from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, NoReturn
 
-from sagebatch.domain.limits import MAX_INPUT_LENGTH, MAX_TOTAL_TOKENS
-from sagebatch.tooling.emulator.proxy import DEFAULT_TIMEOUT_S, KINDS, Proxy, ProxyConfig, UpstreamError
-from sagebatch.tooling.emulator.server import EmulatorConfig, FaultConfig
+import typer
+
+from sagebatch.domain.job import JobStatus
+from sagebatch.tooling.cli_args import UsageProblem, parse_rate
+from sagebatch.tooling.cli_endpoint import delete_command, deploy_command, endpoint_app
+from sagebatch.tooling.cli_local import EmulatorOptions, RunOptions, emulator_command, run_command
+from sagebatch.tooling.emulator.proxy import DEFAULT_TIMEOUT_S, KINDS
+
+EXIT_CODES = """[bold]Exit codes[/bold]: 0 done (watch, submit --wait: the job COMPLETED) · 1 AWS error, unknown job, no results yet, \
+a local run that could not finish · 2 usage error (bad option, unknown stack, missing file) · 3 the job FAILED · \
+4 CANCELLED · 5 EXPIRED · 6 watch --timeout ran out while the job was still going."""
+
+app = typer.Typer(
+    name="sagebatch",
+    help="Serverless batch inference on a SageMaker endpoint: drive a deployed stack by its name, or run a file "
+         "through the whole pipeline on this machine.",
+    epilog=EXIT_CODES,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+_STACK_PANEL = "Stack"
+_EMULATOR_PANEL = "Endpoint emulator"
 
 
-def _run(args: argparse.Namespace) -> int:
-    """Exit 0 when the job finished (COMPLETED, or FAILED as a job, e.g. an unreadable input), whatever its
-    records' outcomes; 1 when it could not finish (stalled, timed out, proxy unreachable)."""
-    from sagebatch.tooling.local.runner import PipelineStalled
-    from sagebatch.tooling.local.session import run_file
-    from sagebatch.observability import logger
+class ProxyKind(StrEnum):
+    tgi = "tgi"
+    openai = "openai"
 
-    config = _ready(args.emulator_config, fatal=True)
-    if config is None:
-        return 1
-    level = logger.log_level
-    if not args.verbose:
-        logger.setLevel("WARNING")  # the handlers' JSON log lines would drown the summary
-    started = time.monotonic()
+
+assert {k.value for k in ProxyKind} == set(KINDS), "ProxyKind must list the proxy's KINDS"
+
+
+class DeadLetterQueueName(StrEnum):
+    intake = "intake"
+    work = "work"
+    finalize = "finalize"
+
+
+def _rate(value: float) -> float:
     try:
-        manifest = run_file(Path(args.file), Path(args.out), timeout_s=args.timeout, emulator=config)
-    except (PipelineStalled, TimeoutError) as error:
-        print(f"the job did not finish: {error}", file=sys.stderr)
-        return 1
-    finally:
-        logger.setLevel(level)
-    elapsed = time.monotonic() - started
-    if manifest["status"] != "COMPLETED":
-        print(f"job {manifest['job_id']} {manifest['status']}: {manifest.get('error')}", file=sys.stderr)
-        print(f"  manifest  {Path(args.out) / 'manifest.json'}")
-        return 0
-    counts, tokens, local = manifest["counts"], manifest["tokens"], manifest["_local"]
-    print(f"job {manifest['job_id']} {manifest['status']} in {elapsed:.1f} s")
-    print(f"  records   {counts['total']} total, {counts['succeeded']} succeeded, {counts['failed']} failed")
-    print(f"  tokens    {tokens['input']} in, {tokens['output']} out, {manifest['endpoint_calls']} endpoint calls")
-    print(f"  emulator  {local['emulator_requests']} requests, {local['emulator_injected_faults']} injected faults, "
-          f"{local['emulator_slowed']} slowed")
-    print(f"  results   {Path(args.out) / 'results.jsonl'}")
-    print(f"  manifest  {Path(args.out) / 'manifest.json'}")
-    return 0
+        return parse_rate(value)
+    except UsageProblem as error:
+        raise typer.BadParameter(str(error)) from None
 
 
-def _aws(service: str, region: str | None) -> Any:
-    import boto3
+# -- options shared by several commands -------------------------------------------------------------
+Stack = Annotated[str | None, typer.Option(
+    "--stack", metavar="NAME", rich_help_panel=_STACK_PANEL, show_default=False,
+    help="the deployed stack (default: $SAGEBATCH_STACK, then stack_name in ./samconfig.toml)")]
+Region = Annotated[str | None, typer.Option(
+    "--region", rich_help_panel=_STACK_PANEL, show_default=False,
+    help="AWS region (default: samconfig.toml's when the stack name came from it, else the environment's; with "
+         "--queue-url, the URL's)")]
+TableOverride = Annotated[str | None, typer.Option(
+    "--table", rich_help_panel=_STACK_PANEL, show_default=False, help="the table itself (TableName output) instead of --stack")]
+QueueOverride = Annotated[str | None, typer.Option(
+    "--queue-url", rich_help_panel=_STACK_PANEL, show_default=False,
+    help="the intake queue itself (IntakeQueueUrl output) instead of --stack")]
+Json = Annotated[bool, typer.Option("--json", help="print JSON (for scripts) instead of a table")]
+JobId = Annotated[str, typer.Argument(metavar="JOB", help="the job id", show_default=False)]
+Interval = Annotated[float, typer.Option("--interval", min=0.01, metavar="S", help="seconds between two reads of the job")]
+Timeout = Annotated[float | None, typer.Option(
+    "--timeout", min=0.0, metavar="S", show_default=False,
+    help="stop watching after S seconds (exit 6; the job goes on)")]
 
-    return boto3.client(service, region_name=region)
-
-
-def _send_control(args: argparse.Namespace, request: Any) -> None:
-    from sagebatch.adapters.queues import SqsMessageSender, region_of_queue_url
-
-    SqsMessageSender(_aws("sqs", args.region or region_of_queue_url(args.queue_url)), args.queue_url).send(request)
-
-
-def _cancel(args: argparse.Namespace) -> int:
-    from sagebatch.domain.messages import CancelRequest
-
-    _send_control(args, CancelRequest(action="cancel", job_id=args.job_id))
-    print(f"cancel sent for job {args.job_id}: if it is still running, records not started yet end as 'cancelled' "
-          f"(no effect on a finished job; see `sagebatch status {args.job_id} --table <TableName>`)")
-    return 0
-
-
-def _retry(args: argparse.Namespace) -> int:
-    from sagebatch.usecases.intake import retry_job_id
-    from sagebatch.domain.messages import RetryRequest
-
-    request = RetryRequest(action="retry", job_id=args.job_id, client_token=args.client_token, deadline_s=args.deadline)
-    _send_control(args, request)
-    print(f"retry sent for job {args.job_id}: the records that did not succeed run again as job "
-          f"{retry_job_id(args.job_id, args.client_token)}")
-    return 0
-
-
-def _status(args: argparse.Namespace) -> int:
-    from sagebatch.adapters.dynamodb import Table
-    from sagebatch.adapters.jobs import DynamoJobStore
-    from sagebatch.usecases.control.report import describe
-
-    job = DynamoJobStore(Table(_aws("dynamodb", args.region), args.table)).get_job(args.job_id)
-    if job is None:
-        print(f"no job {args.job_id} in table {args.table} (a refused retry creates none: see the intake log)", file=sys.stderr)
-        return 1
-    print("\n".join(describe(job)))
-    return 0
-
-
-def _redrive(args: argparse.Namespace) -> int:
-    from sagebatch.adapters.queues import SqsDeadLetterQueues, region_of_queue_url
-    from sagebatch.usecases.control.redrive import redrive
-
-    queues = SqsDeadLetterQueues(_aws("sqs", args.region or region_of_queue_url(args.queue_url)))
-    outcome = redrive(queues, args.queue_url, args.to, copy=args.copy)
-    if outcome.note:
-        print(outcome.note)
-    if outcome.method == "move-task":
-        print(f"message move task started ({outcome.task_handle}); follow it with "
-              f"`aws sqs list-message-move-tasks --source-arn {queues.arn(args.queue_url)}`")
-    else:
-        print(f"moved {outcome.moved} messages from {args.queue_url} to {args.to or 'its source queue'}")
-    return 0
+Perf = Annotated[bool, typer.Option("--perf", rich_help_panel=_EMULATOR_PANEL, help="use the calibrated g5.2xlarge performance model")]
+TimeScale = Annotated[float, typer.Option("--time-scale", rich_help_panel=_EMULATOR_PANEL,
+                                          help="run the performance model this many times faster")]
+Fault5xx = Annotated[float, typer.Option("--fault-5xx", metavar="RATE", callback=_rate, rich_help_panel=_EMULATOR_PANEL,
+                                         help="share of requests answered with a container 500 (ModelError, OriginalStatusCode 500)")]
+FaultThrottling = Annotated[float, typer.Option("--fault-throttling", metavar="RATE", callback=_rate, rich_help_panel=_EMULATOR_PANEL,
+                                                help="share answered with ThrottlingException")]
+FaultNotReady = Annotated[float, typer.Option("--fault-not-ready", metavar="RATE", callback=_rate, rich_help_panel=_EMULATOR_PANEL,
+                                              help="share answered with ModelNotReadyException")]
+FaultSlow = Annotated[float, typer.Option("--fault-slow", metavar="RATE", callback=_rate, rich_help_panel=_EMULATOR_PANEL,
+                                          help="share delayed by --slow-seconds")]
+SlowSeconds = Annotated[float, typer.Option("--slow-seconds", metavar="S", rich_help_panel=_EMULATOR_PANEL,
+                                            help="delay of a slow request")]
+FaultSeed = Annotated[int, typer.Option("--fault-seed", metavar="N", rich_help_panel=_EMULATOR_PANEL, help="seed of the fault draws")]
+ProxyUrl = Annotated[str | None, typer.Option("--proxy", metavar="URL", rich_help_panel=_EMULATOR_PANEL, show_default=False,
+                                              help="forward requests to a real model server at URL (e.g. http://127.0.0.1:3000)")]
+ProxyKindOption = Annotated[ProxyKind, typer.Option("--proxy-kind", rich_help_panel=_EMULATOR_PANEL,
+                                                    help="tgi: POST URL/generate; openai: POST URL/v1/completions")]
+ProxyModel = Annotated[str | None, typer.Option("--proxy-model", metavar="NAME", rich_help_panel=_EMULATOR_PANEL, show_default=False,
+                                                help="model name for an openai upstream (default: first of GET URL/v1/models)")]
+ProxyTimeout = Annotated[float, typer.Option("--proxy-timeout", metavar="S", rich_help_panel=_EMULATOR_PANEL,
+                                             help="give up on the upstream after S seconds, like SageMaker's limit")]
 
 
-def _emulator(args: argparse.Namespace) -> int:
-    from sagebatch.tooling.emulator.server import EmulatorServer
+def _target(stack: str | None, region: str | None) -> Any:
+    from sagebatch.tooling.cli_jobs import StackTarget
 
-    config = _ready(args.emulator_config, fatal=False)
-    assert config is not None
-    server = EmulatorServer(config.build(args.endpoint_name), port=args.port).start()
-    print(f"TGI emulator for endpoint '{args.endpoint_name}' at {server.url} (Ctrl-C to stop)")
-    print(f"  boto3.client('sagemaker-runtime', endpoint_url='{server.url}').invoke_endpoint(EndpointName='{args.endpoint_name}', ...)")
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        server.stop()
-    return 0
+    return StackTarget(stack, region)
 
 
-def _ready(config: EmulatorConfig, *, fatal: bool) -> EmulatorConfig | None:
-    """In proxy mode, reach the upstream once: a run fails fast if it is not there; the emulator only warns.
-
-    For an OpenAI-compatible upstream the model name found here is kept, so every request names the same model.
-    """
-    if config.proxy is None:
-        return config
-    proxy = Proxy(config.proxy)
-    try:
-        print(f"proxy: {proxy.check()}")
-    except UpstreamError as error:
-        print(f"proxy: {config.proxy.url} ({config.proxy.kind}) is not usable: {error.body or 'no answer'}", file=sys.stderr)
-        return None if fatal else config
-    if config.proxy.kind == "openai":
-        return replace(config, proxy=replace(config.proxy, model=proxy.model()))
-    return config
-
-
-def _rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"a rate must be within [0, 1], not {value:g}")
-    return value
+# -- local: run, emulator ---------------------------------------------------------------------------
+@app.command(help="Run a JSONL file through the whole pipeline locally (moto + emulator). Exit 0 when the job "
+                  "finished (COMPLETED, or FAILED as a job), whatever its records' outcomes; 1 when it could not finish.")
+def run(
+    file: Annotated[Path, typer.Argument(metavar="FILE", help="JSONL file, one record per line", exists=True, dir_okay=False,
+                                         show_default=False)],
+    out: Annotated[Path, typer.Option("--out", help="directory for results.jsonl and manifest.json")] = Path("out"),
+    timeout: Annotated[float, typer.Option("--timeout", help="give up after this many seconds")] = 3600,
+    verbose: Annotated[bool, typer.Option("--verbose", help="show the functions' log lines (ids, sizes, timings)")] = False,
+    perf: Perf = False, time_scale: TimeScale = 1.0, fault_5xx: Fault5xx = 0.0, fault_throttling: FaultThrottling = 0.0,
+    fault_not_ready: FaultNotReady = 0.0, fault_slow: FaultSlow = 0.0, slow_seconds: SlowSeconds = 2.0, fault_seed: FaultSeed = 0,
+    proxy: ProxyUrl = None, proxy_kind: ProxyKindOption = ProxyKind.tgi, proxy_model: ProxyModel = None,
+    proxy_timeout: ProxyTimeout = DEFAULT_TIMEOUT_S,
+) -> int:
+    emulator = EmulatorOptions(perf, time_scale, fault_5xx, fault_throttling, fault_not_ready, fault_slow, slow_seconds,
+                               fault_seed, proxy, str(proxy_kind), proxy_model, proxy_timeout).config()
+    return run_command(RunOptions(file, out, timeout, verbose, emulator))
 
 
-def _add_emulator_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("endpoint emulator")
-    group.add_argument("--perf", action="store_true", help="use the calibrated g5.2xlarge performance model")
-    group.add_argument("--time-scale", type=float, default=1.0, help="run the performance model this many times faster")
-    group.add_argument("--fault-5xx", type=_rate, default=0.0, metavar="RATE",
-                       help="share of requests answered with a container 500 (ModelError, OriginalStatusCode 500)")
-    group.add_argument("--fault-throttling", type=_rate, default=0.0, metavar="RATE",
-                       help="share answered with ThrottlingException")
-    group.add_argument("--fault-not-ready", type=_rate, default=0.0, metavar="RATE",
-                       help="share answered with ModelNotReadyException")
-    group.add_argument("--fault-slow", type=_rate, default=0.0, metavar="RATE", help="share delayed by --slow-seconds")
-    group.add_argument("--slow-seconds", type=float, default=2.0, metavar="S", help="delay of a slow request (default: 2)")
-    group.add_argument("--fault-seed", type=int, default=0, metavar="N", help="seed of the fault draws (default: 0)")
-    group.add_argument("--proxy", metavar="URL",
-                       help="forward requests to a real model server at URL (e.g. http://127.0.0.1:3000)")
-    group.add_argument("--proxy-kind", choices=KINDS, default="tgi",
-                       help="tgi: POST URL/generate; openai: POST URL/v1/completions (default: tgi)")
-    group.add_argument("--proxy-model", metavar="NAME",
-                       help="model name for an openai upstream (default: first of GET URL/v1/models)")
-    group.add_argument("--proxy-timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="S",
-                       help=f"give up on the upstream after S seconds, like SageMaker's limit (default: {DEFAULT_TIMEOUT_S:g})")
+@app.command(help="Serve the TGI endpoint emulator on loopback (Ctrl-C to stop).")
+def emulator(
+    port: Annotated[int, typer.Option("--port")] = 8080,
+    endpoint_name: Annotated[str, typer.Option("--endpoint-name")] = "mistral-7b-instruct",
+    perf: Perf = False, time_scale: TimeScale = 1.0, fault_5xx: Fault5xx = 0.0, fault_throttling: FaultThrottling = 0.0,
+    fault_not_ready: FaultNotReady = 0.0, fault_slow: FaultSlow = 0.0, slow_seconds: SlowSeconds = 2.0, fault_seed: FaultSeed = 0,
+    proxy: ProxyUrl = None, proxy_kind: ProxyKindOption = ProxyKind.tgi, proxy_model: ProxyModel = None,
+    proxy_timeout: ProxyTimeout = DEFAULT_TIMEOUT_S,
+) -> int:
+    config = EmulatorOptions(perf, time_scale, fault_5xx, fault_throttling, fault_not_ready, fault_slow, slow_seconds,
+                             fault_seed, proxy, str(proxy_kind), proxy_model, proxy_timeout).config()
+    return emulator_command(port, endpoint_name, config)
 
 
-def _emulator_config(args: argparse.Namespace) -> EmulatorConfig:
-    """The flags as an `EmulatorConfig`; raises ValueError on an inconsistent combination."""
-    if args.proxy is None and (args.proxy_model is not None or args.proxy_kind != "tgi"):
-        raise ValueError("--proxy-kind and --proxy-model need --proxy URL")
-    faults = FaultConfig(
-        server_error=args.fault_5xx,
-        throttling=args.fault_throttling,
-        not_ready=args.fault_not_ready,
-        slow=args.fault_slow,
-        slow_seconds=args.slow_seconds,
-        seed=args.fault_seed,
-    )
-    proxy = ProxyConfig(args.proxy, args.proxy_kind, args.proxy_model, args.proxy_timeout) if args.proxy else None
-    return EmulatorConfig(faults=faults, proxy=proxy, perf=args.perf, time_scale=args.time_scale)
+# -- a deployed stack: submit, status, watch, results, list ---------------------------------------------
+@app.command(help="Submit a job: upload a local JSONL file (to uploads/ in the stack's bucket) or name an s3:// object, "
+                  "and send the job message; prints the job id (alone on stdout). With --wait, follows it like `watch`, "
+                  "the summary on stderr (exit 0 COMPLETED, 3 FAILED, 4 CANCELLED, 5 EXPIRED, 6 --timeout).")
+def submit(
+    source: Annotated[str, typer.Argument(metavar="FILE|s3://BUCKET/KEY", help="a local JSONL file, or an S3 object",
+                                          show_default=False)],
+    job_id: Annotated[str | None, typer.Option("--job-id", show_default=False,
+                                               help="the job's id (default: derived from the client token or the message)")] = None,
+    client_token: Annotated[str | None, typer.Option("--client-token", show_default=False,
+                                                     help="submitting again with the same token makes no second job")] = None,
+    param: Annotated[list[str] | None, typer.Option("--param", metavar="KEY=VALUE", show_default=False,
+                                                    help="a TGI generation parameter for every record (repeatable; "
+                                                         "JSON values, e.g. max_new_tokens=256, stop='[\"###\"]')")] = None,
+    fit: Annotated[str | None, typer.Option("--fit", metavar="KEY=VALUE,...", show_default=False,
+                                            help="fit settings for long records, e.g. strategy=map_reduce,keep=tail")] = None,
+    deadline: Annotated[int | None, typer.Option("--deadline", metavar="S", show_default=False,
+                                                 help="the job's deadline in seconds (default: the stack's)")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="follow the job until it finishes, like `sagebatch watch`")] = False,
+    interval: Interval = 2.0,
+    timeout: Timeout = None,
+    as_json: Json = False,
+    stack: Stack = None,
+    region: Region = None,
+) -> int:
+    from sagebatch.tooling.cli_jobs import SubmitOptions, WatchOptions, submit_command
+
+    options = SubmitOptions(source, job_id, client_token, list(param or []), fit, deadline, as_json)
+    return submit_command(_target(stack, region), options, WatchOptions(interval, timeout) if wait else None)
+
+
+@app.command(help="Print a job's status, counts, tokens and times (exit 1 if there is no such job).")
+def status(job: JobId, as_json: Json = False, stack: Stack = None, region: Region = None, table: TableOverride = None) -> int:
+    from sagebatch.tooling.cli_jobs import status_command
+
+    return status_command(_target(stack, region), job, as_json, table)
+
+
+@app.command(help="Follow a job live (done / failed / total, tokens/s, ETA, endpoint calls) until it finishes, then print "
+                  "its summary. Exit 0 COMPLETED, 3 FAILED, 4 CANCELLED, 5 EXPIRED, 6 --timeout, 1 no such job.")
+def watch(job: JobId, interval: Interval = 2.0, timeout: Timeout = None, as_json: Json = False, stack: Stack = None,
+          region: Region = None, table: TableOverride = None) -> int:
+    from sagebatch.tooling.cli_jobs import WatchOptions, watch_command
+
+    return watch_command(_target(stack, region), job, WatchOptions(interval, timeout, as_json), table)
+
+
+@app.command(help="Stream a finished job's results.jsonl to stdout or a file. Exit 1 while the job runs (results exist "
+                  "once it has finished), 3 if it FAILED (no results).")
+def results(
+    job: JobId,
+    out: Annotated[str | None, typer.Option("--out", "-o", metavar="FILE|-", show_default=False,
+                                            help="write to FILE (default, or -: stdout)")] = None,
+    failed_only: Annotated[bool, typer.Option("--failed-only", help="only the lines whose status is not succeeded")] = False,
+    partial: Annotated[bool, typer.Option("--partial", help="results of a running job (not available yet)")] = False,
+    stack: Stack = None,
+    region: Region = None,
+) -> int:
+    from sagebatch.tooling.cli_jobs import results_command
+
+    return results_command(_target(stack, region), job, out, failed_only, partial)
+
+
+@app.command("list", help="List recent jobs, newest first.")
+def list_jobs(
+    status: Annotated[JobStatus | None, typer.Option("--status", case_sensitive=False, show_default=False,
+                                                     help="only jobs in this status")] = None,
+    since: Annotated[str | None, typer.Option("--since", metavar="WHEN", show_default=False,
+                                              help="only jobs created since: 30m, 24h, 7d, or a date (2026-12-01, UTC)")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, metavar="N", help="at most N jobs")] = 20,
+    as_json: Json = False,
+    stack: Stack = None,
+    region: Region = None,
+    table: TableOverride = None,
+) -> int:
+    from sagebatch.tooling.cli_jobs import list_command
+
+    return list_command(_target(stack, region), status, since, limit, as_json, table)
+
+
+# -- a deployed stack: cancel, retry, redrive -------------------------------------------------------------
+@app.command(help="Cancel a job: no new endpoint calls, records not started end 'cancelled', results.jsonl still written.")
+def cancel(job: JobId, stack: Stack = None, region: Region = None, queue_url: QueueOverride = None) -> int:
+    from sagebatch.tooling.cli_jobs import cancel_command
+
+    return cancel_command(_target(stack, region), job, queue_url)
+
+
+@app.command(help="Run the records of a finished job that did not succeed again, as a new job (prints its id).")
+def retry(
+    job: JobId,
+    client_token: Annotated[str | None, typer.Option("--client-token", show_default=False,
+                                                     help="one child job per (JOB, token); without one, JOB has a single retry child")] = None,
+    deadline: Annotated[int | None, typer.Option("--deadline", metavar="S", show_default=False,
+                                                 help="the new job's deadline in seconds (default: the stack's)")] = None,
+    stack: Stack = None,
+    region: Region = None,
+    queue_url: QueueOverride = None,
+) -> int:
+    from sagebatch.tooling.cli_jobs import retry_command
+
+    return retry_command(_target(stack, region), job, queue_url, client_token, deadline)
+
+
+@app.command(help="Move a dead-letter queue's messages back to be processed again (StartMessageMoveTask).")
+def redrive(
+    which: Annotated[DeadLetterQueueName | None, typer.Argument(metavar="[intake|work|finalize]", show_default=False,
+                                                                help="the stack's dead-letter queue to redrive")] = None,
+    queue_url: Annotated[str | None, typer.Option("--queue-url", show_default=False,
+                                                  help="the dead-letter queue's URL instead of naming one of the stack's")] = None,
+    to: Annotated[str | None, typer.Option("--to", metavar="URL", show_default=False,
+                                           help="destination queue (default: where each message came from)")] = None,
+    copy: Annotated[bool, typer.Option("--copy", help="move the messages here (receive, send, delete) instead of with "
+                                                      "StartMessageMoveTask")] = False,
+    stack: Stack = None,
+    region: Region = None,
+) -> int:
+    from sagebatch.tooling.cli_jobs import redrive_command
+
+    return redrive_command(_target(stack, region), which.value if which else None, queue_url, to, copy)
+
+
+# -- the endpoint (tooling/cli_endpoint.py) ----------------------------------------------------------------
+app.add_typer(endpoint_app, name="endpoint", help="Deploy, describe and delete the SageMaker endpoint the stack calls.")
+app.command("deploy-endpoint", help="The same as `sagebatch endpoint deploy` (kept for existing scripts).")(deploy_command)
+app.command("delete-endpoint", help="The same as `sagebatch endpoint delete` (kept for existing scripts).")(delete_command)
+
+
+# -- entry point ---------------------------------------------------------------------------------------------
+def _click_exception() -> type[Exception]:
+    """click's ClickException, whether typer vendors click or depends on it."""
+    return next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+def _command_name(args: list[str]) -> str:
+    names = {command.name or command.callback.__name__ for command in app.registered_commands if command.callback}
+    return next((f"sagebatch {arg}" for arg in args if arg in names), "sagebatch")
+
+
+def _usage_error(where: str, message: str) -> NoReturn:
+    """One sentence on stderr, exit status 2 (what argparse did, and what scripts and tests rely on)."""
+    print(f"{where}: {message.strip()}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="sagebatch", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    run = commands.add_parser("run", help="run a JSONL file through the whole pipeline locally (moto + emulator)")
-    run.add_argument("file", help="JSONL file, one record per line")
-    run.add_argument("--out", default="out", help="directory for results.jsonl and manifest.json (default: out)")
-    run.add_argument("--timeout", type=float, default=3600, help="give up after this many seconds")
-    run.add_argument("--verbose", action="store_true", help="show the functions' log lines (ids, sizes, timings)")
-    _add_emulator_options(run)
-    run.set_defaults(func=_run)
-
-    emulator = commands.add_parser("emulator", help="serve the TGI endpoint emulator on loopback")
-    emulator.add_argument("--port", type=int, default=8080)
-    emulator.add_argument("--endpoint-name", default="mistral-7b-instruct")
-    _add_emulator_options(emulator)
-    emulator.set_defaults(func=_emulator)
-
-    _add_control_commands(commands)
-
-    args = parser.parse_args(argv)
-    if hasattr(args, "perf"):
-        try:
-            args.emulator_config = _emulator_config(args)
-        except ValueError as error:
-            commands.choices[args.command].error(str(error))  # exits with status 2, like any bad flag
-    return _run_command(args, commands.choices[args.command])
-
-
-def _add_control_commands(commands: Any) -> None:
-    def add(name: str, help_text: str, func: Any) -> argparse.ArgumentParser:
-        command = commands.add_parser(name, help=help_text)
-        command.add_argument("--region", help="AWS region (default: the queue URL's, else the environment's)")
-        command.set_defaults(func=func)
-        return command
-
-    cancel = add("cancel", "cancel a job of a deployed stack: no new endpoint calls, results.jsonl still written", _cancel)
-    cancel.add_argument("job_id", metavar="JOB")
-    cancel.add_argument("--queue-url", required=True, help="the stack's IntakeQueueUrl output")
-
-    retry = add("retry", "run the records of a finished job that did not succeed again, as a new job", _retry)
-    retry.add_argument("job_id", metavar="JOB")
-    retry.add_argument("--queue-url", required=True, help="the stack's IntakeQueueUrl output")
-    retry.add_argument("--client-token", help="one child job per (JOB, token); without one, JOB has a single retry child")
-    retry.add_argument("--deadline", type=int, metavar="S", help="the new job's deadline in seconds (default: the stack's)")
-
-    status = add("status", "print a job's status and counts", _status)
-    status.add_argument("job_id", metavar="JOB")
-    status.add_argument("--table", required=True, help="the stack's TableName output")
-
-    redrive = add("redrive", "move a dead-letter queue's messages back to be processed again", _redrive)
-    redrive.add_argument("--queue-url", required=True, help="the dead-letter queue's URL (DeadLetterQueueUrls output)")
-    redrive.add_argument("--to", metavar="URL", help="destination queue (default: where each message came from)")
-    deploy = add("deploy-endpoint", "deploy the Mistral 7B Instruct endpoint (JumpStart, TGI 1.1.0, ml.g5.2xlarge)", _deploy)
-    deploy.add_argument("--endpoint-name", default="mistral-7b-instruct", help="the stack's EndpointName")
-    deploy.add_argument("--role", help="SageMaker execution role ARN (default: the SDK's)")
-    deploy.add_argument("--model-version", default="*", help="pin the JumpStart model version (recommended)")
-    deploy.add_argument("--max-input-length", type=int, default=MAX_INPUT_LENGTH, help="the stack's MaxInputLength")
-    deploy.add_argument("--max-total-tokens", type=int, default=MAX_TOTAL_TOKENS, help="the stack's MaxTotalTokens")
-    deploy.add_argument("--allow-other-tgi", action="store_true", help="accept a container other than TGI 1.1.0")
-    deploy.add_argument("--dry-run", action="store_true", help="print the plan and the TGI environment; deploy nothing")
-
-    delete = add("delete-endpoint", "delete the endpoint, its config and its model (stops billing)", _delete)
-    delete.add_argument("--endpoint-name", default="mistral-7b-instruct")
-
-    redrive.add_argument("--copy", action="store_true",
-                         help="move the messages here (receive, send, delete) instead of with StartMessageMoveTask")
-
-
-def _deploy(args: argparse.Namespace) -> int:
-    from sagebatch.tooling.deploy import EndpointPlan, deploy
-
-    plan = EndpointPlan(args.endpoint_name, args.role, model_version=args.model_version,
-                        max_input_length=args.max_input_length, max_total_tokens=args.max_total_tokens)
-    print(f"endpoint {plan.endpoint_name}: {plan.model_id} {plan.model_version} on {plan.instance_type}")
-    print(f"  TGI environment {plan.environment()}")
-    if args.dry_run:
-        return 0
-    deploy(plan, allow_other_tgi=args.allow_other_tgi)
-    print(f"endpoint {plan.endpoint_name} is in service (it bills by the hour: sagebatch delete-endpoint)")
-    return 0
-
-
-def _delete(args: argparse.Namespace) -> int:
-    import boto3
-
-    from sagebatch.tooling.deploy import delete
-
-    for item in delete(args.endpoint_name, boto3.client("sagemaker", region_name=args.region)):
-        print(f"deleted {item}")
-    return 0
-
-
-def _run_command(args: argparse.Namespace, command: argparse.ArgumentParser) -> int:
-    """Run the chosen command; a message that does not validate is a usage error, an AWS error exits 1."""
+    """Run `sagebatch` on `argv` (default: the process's arguments) and return its exit code; a usage error exits 2."""
     from botocore.exceptions import BotoCoreError, ClientError
     from pydantic import ValidationError
 
     from sagebatch.ports import NoRedriveDestination, SendFailed
 
+    args = sys.argv[1:] if argv is None else list(argv)
+    command = typer.main.get_command(app)
     try:
-        return args.func(args)
+        result = command.main(args=args, prog_name="sagebatch", standalone_mode=False)
+    except UsageProblem as error:
+        _usage_error(_command_name(args), str(error))
     except ValidationError as error:
-        command.error("; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()))
+        _usage_error(_command_name(args), "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'message'}: {e['msg']}" for e in error.errors()))
+    except _click_exception() as error:
+        ctx = getattr(error, "ctx", None)
+        if type(error).__name__ == "NoArgsIsHelpError":  # `sagebatch` alone: the help (rich prints it as it is built)
+            if error.format_message().strip():  # type: ignore[attr-defined]
+                print(error.format_message(), file=sys.stderr)  # type: ignore[attr-defined]
+            raise SystemExit(2) from None
+        code = int(getattr(error, "exit_code", 1))
+        message = error.format_message()  # type: ignore[attr-defined]
+        where = ctx.command_path if ctx is not None else _command_name(args)
+        if code == 2:
+            _usage_error(where, message)
+        print(f"{where}: {message}", file=sys.stderr)
+        return code
+    except typer.Abort:
+        return 1
     except (BotoCoreError, ClientError, NoRedriveDestination, SendFailed) as error:
-        print(f"sagebatch {args.command}: {error}", file=sys.stderr)
-    return 1
+        print(f"{_command_name(args)}: {error}", file=sys.stderr)
+        return 1
+    return int(result) if isinstance(result, int) else 0
 
 
 if __name__ == "__main__":

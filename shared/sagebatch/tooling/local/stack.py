@@ -118,6 +118,7 @@ class LocalStack:
         self._create_queues()
         self._create_tables()
         self._create_buckets()
+        self._create_notification_targets()
         self.emulator_server.start()
         return self
 
@@ -152,6 +153,7 @@ class LocalStack:
                 AttributeDefinitions=props["AttributeDefinitions"],
                 KeySchema=props["KeySchema"],
                 BillingMode=props.get("BillingMode", "PAY_PER_REQUEST"),
+                **({"GlobalSecondaryIndexes": props["GlobalSecondaryIndexes"]} if "GlobalSecondaryIndexes" in props else {}),
             )
             if "TimeToLiveSpecification" in props:
                 dynamodb.update_time_to_live(TableName=name, TimeToLiveSpecification=props["TimeToLiveSpecification"])
@@ -180,6 +182,17 @@ class LocalStack:
                 ]
                 s3.put_bucket_notification_configuration(Bucket=name, NotificationConfiguration={"QueueConfigurations": queue_configs})
 
+    def _create_notification_targets(self) -> None:
+        """The bus and topic job events go to (EventBusName, NotificationTopicArn). On AWS both exist outside the
+        stack; moto has the default bus already, any other bus and the topic are made here."""
+        if self.event_bus_name != "default":
+            boto3.client("events", region_name=REGION).create_event_bus(Name=self.event_bus_name)
+        if self.notification_topic_arn:
+            sns = boto3.client("sns", region_name=REGION)
+            arn = sns.create_topic(Name=self.notification_topic_arn.rsplit(":", 1)[-1])["TopicArn"]
+            if arn != self.notification_topic_arn:
+                raise ValueError(f"NotificationTopicArn must be in {REGION} and account {ACCOUNT} locally (e.g. {arn})")
+
     # -- what handlers see -----------------------------------------------------------------
     def environment(self, function: str | None = None) -> dict[str, str]:
         """The function's environment variables as Lambda would set them, plus the emulator URL."""
@@ -204,6 +217,14 @@ class LocalStack:
     @property
     def table(self) -> str:
         return self.physical["JobsTable"]["Ref"]
+
+    @property
+    def event_bus_name(self) -> str:
+        return str(self.parameters.get("EventBusName") or "default")
+
+    @property
+    def notification_topic_arn(self) -> str | None:
+        return str(self.parameters.get("NotificationTopicArn") or "") or None
 
     def function_timeout(self, function: str) -> int:
         props = self.template["Resources"][function]["Properties"]
