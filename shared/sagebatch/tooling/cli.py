@@ -21,7 +21,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 
 from sagebatch.domain.job import JobStatus
-from sagebatch.tooling.cli_args import UsageProblem, parse_rate
+from sagebatch.tooling.cli_args import UsageProblem, output_directory, parse_rate, positive_seconds, queue_url as checked_queue_url
 from sagebatch.tooling.cli_endpoint import delete_command, deploy_command, endpoint_app
 from sagebatch.tooling.cli_local import EmulatorOptions, RunOptions, emulator_command, run_command
 from sagebatch.tooling.emulator.proxy import DEFAULT_TIMEOUT_S, KINDS
@@ -133,7 +133,8 @@ def run(
 ) -> int:
     emulator = EmulatorOptions(perf, time_scale, fault_5xx, fault_throttling, fault_not_ready, fault_slow, slow_seconds,
                                fault_seed, proxy, str(proxy_kind), proxy_model, proxy_timeout).config()
-    return run_command(RunOptions(file, out, timeout, verbose, emulator))
+    positive_seconds(timeout)
+    return run_command(RunOptions(file, output_directory(out), timeout, verbose, emulator))
 
 
 @app.command(help="Serve the TGI endpoint emulator on loopback (Ctrl-C to stop).")
@@ -235,7 +236,7 @@ def list_jobs(
 def cancel(job: JobId, stack: Stack = None, region: Region = None, queue_url: QueueOverride = None) -> int:
     from sagebatch.tooling.cli_jobs import cancel_command
 
-    return cancel_command(_target(stack, region), job, queue_url)
+    return cancel_command(_target(stack, region), job, checked_queue_url(queue_url))
 
 
 @app.command(help="Run the records of a finished job that did not succeed again, as a new job (prints its id).")
@@ -251,7 +252,7 @@ def retry(
 ) -> int:
     from sagebatch.tooling.cli_jobs import retry_command
 
-    return retry_command(_target(stack, region), job, queue_url, client_token, deadline)
+    return retry_command(_target(stack, region), job, checked_queue_url(queue_url), client_token, deadline)
 
 
 @app.command(help="Move a dead-letter queue's messages back to be processed again (StartMessageMoveTask).")
@@ -269,7 +270,8 @@ def redrive(
 ) -> int:
     from sagebatch.tooling.cli_jobs import redrive_command
 
-    return redrive_command(_target(stack, region), which.value if which else None, queue_url, to, copy)
+    return redrive_command(_target(stack, region), which.value if which else None, checked_queue_url(queue_url),
+                           checked_queue_url(to), copy)
 
 
 # -- the endpoint (tooling/cli_endpoint.py) ----------------------------------------------------------------

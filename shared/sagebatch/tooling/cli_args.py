@@ -3,6 +3,8 @@ of `--param`, `--fit`, `--since` and the emulator's rates."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 import json
 import re
 from datetime import UTC, datetime
@@ -30,6 +32,36 @@ class ExitCode(IntEnum):
 
 class UsageProblem(Exception):
     """A command line that cannot work; `sagebatch` prints the message (one sentence) and exits 2."""
+
+
+# https://sqs.<region>.amazonaws.com/<account>/<name>, or an endpoint of one's own (http://localhost:4566/<account>/<name>).
+_QUEUE_URL = re.compile(r"^https?://[^/\s]+/\d{12}/[A-Za-z0-9_-]{1,80}(\.fifo)?$")
+
+
+def queue_url(value: str | None) -> str | None:
+    """A --queue-url, checked before any AWS call (a typo would otherwise surface as a botocore region error)."""
+    if value is not None and not _QUEUE_URL.match(value):
+        raise UsageProblem(f"--queue-url {value!r} is not an SQS queue URL (https://sqs.REGION.amazonaws.com/ACCOUNT/NAME)")
+    return value
+
+
+def positive_seconds(value: float | None) -> float | None:
+    if value is not None and not value > 0:
+        raise UsageProblem(f"--timeout must be a positive number of seconds, not {value}")
+    return value
+
+
+def output_directory(path: Path) -> Path:
+    """--out, usable before the run starts (not after an hour of work): a directory we can create and write in."""
+    if path.exists() and not path.is_dir():
+        raise UsageProblem(f"--out {str(path)!r} is an existing file, not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageProblem(f"--out {str(path)!r} cannot be created: {error.strerror}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UsageProblem(f"--out {str(path)!r} is not writable")
+    return path
 
 
 def _value(text: str) -> Any:

@@ -3,6 +3,7 @@ emulator alone. The command line (tooling/cli.py) builds `RunOptions` / `Emulato
 
 from __future__ import annotations
 
+import errno
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -104,7 +105,12 @@ def emulator_command(port: int, endpoint_name: str, emulator: EmulatorConfig) ->
 
     config = ready(emulator, fatal=False)
     assert config is not None
-    server = EmulatorServer(config.build(endpoint_name), port=port).start()
+    try:
+        server = EmulatorServer(config.build(endpoint_name), port=port).start()
+    except OSError as error:
+        if error.errno == errno.EADDRINUSE:
+            raise UsageProblem(f"port {port} is in use; choose another with --port") from None
+        raise
     print(f"TGI emulator for endpoint '{endpoint_name}' at {server.url} (Ctrl-C to stop)")
     print(f"  boto3.client('sagemaker-runtime', endpoint_url='{server.url}').invoke_endpoint(EndpointName='{endpoint_name}', ...)")
     try:
