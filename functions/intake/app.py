@@ -1,9 +1,18 @@
 """Lambda entry point: intake. All logic lives in the sagebatch layer (shared/)."""
 
+from typing import Any
+
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
 from sagebatch.lambdas import handlers
-from sagebatch.observability import logger
+from sagebatch.lambdas.metrics import INTAKE
+from sagebatch.observability import function_metrics, logger, tracer
+
+metrics = function_metrics(INTAKE)
 
 
 @logger.inject_lambda_context
-def lambda_handler(event, context):
+@tracer.capture_lambda_handler(capture_response=False)  # the response is failed message ids: not worth trace space
+@metrics.log_metrics(capture_cold_start_metric=True)
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     return handlers.intake(event, context)

@@ -27,18 +27,21 @@ from typing import IO, TYPE_CHECKING, Any, Self, TypeVar
 from pydantic import BaseModel
 
 from sagebatch.domain.budget import TokenBudget
+from sagebatch.domain.events import JobStateChange
 from sagebatch.domain.generation import EndpointError, ErrorKind, Generation
 from sagebatch.domain.job import ACTIVE, Job, JobStatus, ShardCounts, sources
 from sagebatch.domain.messages import FinalizeRequest, Shard
 from sagebatch.domain.results import ResultLine, StopReason
 from sagebatch.domain.tokens import MistralTokenizer, get_tokenizer
 from sagebatch.ports import (
+    WorkItem,
     EndpointCaller,
     InputUnreadable,
     LineSpan,
     MoveTaskUnsupported,
     NoRedriveDestination,
     ObjectInfo,
+    PublishFailed,
     SendFailed,
 )
 from sagebatch.settings import Settings
@@ -123,6 +126,12 @@ class InMemoryJobStore:
     def complete_job(self, job_id: str, status: JobStatus = JobStatus.COMPLETED) -> bool:
         with self._lock:
             return self._transition(job_id, status, {"finished_at": self._clock()})
+
+    def mark_finalize_requested(self, job_id: str) -> None:
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is not None:
+                self._jobs[job_id] = job.model_copy(update={"finalize_requested": True})
 
     def shard_done(self, job_id: str, shard: int) -> bool:
         with self._lock:
@@ -267,10 +276,13 @@ class InMemoryObjectStore:
     has changed (S3's IfMatch). Read failures raise InputUnreadable, as S3ObjectStore does.
     """
 
+    MIN_PART_BYTES = 5 * 1024 * 1024
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._buckets: dict[str, _Bucket] = {}
         self._versions = itertools.count(1)
+        self._uploads: dict[str, tuple[str, str, str, dict[int, tuple[str, bytes]]]] = {}
 
     # -- arranging (not port methods) ------------------------------------------------------------
     def create_bucket(self, bucket: str, versioned: bool = True) -> None:
@@ -398,6 +410,41 @@ class InMemoryObjectStore:
     def upload_file(self, bucket: str, key: str, fileobj: IO[bytes], content_type: str = "application/x-ndjson") -> None:
         self.put_bytes(bucket, key, fileobj.read(), content_type)
 
+    def read_if_exists(self, bucket: str, key: str) -> bytes | None:
+        found = self.stored(bucket, key)
+        return None if found is None else found.body
+
+    # -- multipart uploads (S3's rules: parts but the last >= 5 MiB, at most 10,000) -----------------
+    def start_multipart(self, bucket: str, key: str, content_type: str = "application/x-ndjson") -> str:
+        with self._lock:
+            upload_id = f"upload-{next(self._versions)}"
+            self._uploads[upload_id] = (bucket, key, content_type, {})
+        return upload_id
+
+    def upload_part(self, bucket: str, key: str, upload_id: str, number: int, body: bytes) -> str:
+        if not 1 <= number <= 10_000:
+            raise ValueError(f"part number {number} is outside 1..10000")
+        with self._lock:
+            parts = self._uploads[upload_id][3]
+            etag = '"' + hashlib.md5(body, usedforsecurity=False).hexdigest() + '"'
+            parts[number] = (etag, bytes(body))
+        return etag
+
+    def complete_multipart(self, bucket: str, key: str, upload_id: str, etags: list[str]) -> None:
+        with self._lock:
+            _, _, content_type, parts = self._uploads.pop(upload_id)
+        numbers = list(range(1, len(etags) + 1))
+        if [parts[n][0] if n in parts else None for n in numbers] != etags:
+            raise ValueError("the ETags do not match the uploaded parts")
+        for number in numbers[:-1]:
+            if len(parts[number][1]) < self.MIN_PART_BYTES:
+                raise ValueError(f"part {number} is {len(parts[number][1])} bytes: S3 needs 5 MiB for all but the last")
+        self.put_bytes(bucket, key, b"".join(parts[n][1] for n in numbers), content_type)
+
+    def abort_multipart(self, bucket: str, key: str, upload_id: str) -> None:
+        with self._lock:
+            self._uploads.pop(upload_id, None)
+
 
 # -- queues -------------------------------------------------------------------------------------
 @dataclass
@@ -471,6 +518,54 @@ class InMemoryQueue:
             return len(self._pending)
 
 
+class InMemoryWorkSource:
+    """sagebatch.ports.WorkSource over an InMemoryQueue: taken messages are held until done or released."""
+
+    def __init__(self, queue: InMemoryQueue) -> None:
+        self.queue = queue
+        self._held: dict[str, Delivery] = {}
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+
+    def receive(self, max_items: int) -> list[WorkItem]:
+        items = []
+        for _ in range(max(1, max_items)):
+            delivery = self.queue.receive()
+            if delivery is None:
+                break
+            handle = f"taken-{next(self._ids)}"
+            with self._lock:
+                self._held[handle] = delivery
+            items.append(WorkItem(handle, delivery.body, delivery.receive_count, handle))
+        return items
+
+    def done(self, item: WorkItem) -> None:
+        with self._lock:
+            self._held.pop(item.handle)
+
+    def release(self, item: WorkItem) -> None:
+        with self._lock:
+            delivery = self._held.pop(item.handle)
+        self.queue.requeue(delivery)
+
+
+class InMemoryEnvironmentRegistry:
+    """sagebatch.ports.EnvironmentRegistry over a dict."""
+
+    def __init__(self) -> None:
+        self._until: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def heartbeat(self, environment: str, until: float, now: float) -> int:
+        with self._lock:
+            self._until[environment] = until
+            return sum(1 for expiry in self._until.values() if expiry > now)
+
+    def leave(self, environment: str) -> None:
+        with self._lock:
+            self._until[environment] = 0.0
+
+
 class RecordingMessageSender(InMemoryQueue):
     """An InMemoryQueue used only to look at what was sent (the same class, named for what a test does with it)."""
 
@@ -511,6 +606,38 @@ class InMemoryDeadLetterQueues:
                 raise SendFailed(f"messages could not be sent to {destination_url} ({moved} moved)") from None
             moved += 1
         return moved
+
+
+# -- notifications ------------------------------------------------------------------------------
+class InMemoryJobEvents:
+    """sagebatch.ports.JobEvents: keeps every event published, in order. `refuse(status, times)` makes the next
+    `times` publishes (of `status` only, if given) raise PublishFailed, as EventBridgeJobEvents does once PutEvents
+    keeps refusing an entry."""
+
+    def __init__(self) -> None:
+        self.published: list[JobStateChange] = []
+        self._refusals: list[tuple[JobStatus | None, int]] = []
+        self._lock = threading.Lock()
+
+    def refuse(self, status: JobStatus | None = None, times: int = 1) -> None:
+        with self._lock:
+            self._refusals.append((status, times))
+
+    def publish(self, event: JobStateChange) -> None:
+        with self._lock:
+            for index, (status, times) in enumerate(self._refusals):
+                if times > 0 and status in (None, event.status):
+                    self._refusals[index] = (status, times - 1)
+                    raise PublishFailed(f"event {event.event_id} could not be published")
+            self.published.append(event)
+
+    def of(self, job_id: str) -> list[JobStateChange]:
+        """The job's events, in the order they were published."""
+        with self._lock:
+            return [event for event in self.published if event.job_id == job_id]
+
+    def statuses(self, job_id: str) -> list[JobStatus]:
+        return [event.status for event in self.of(job_id)]
 
 
 # -- the endpoint -------------------------------------------------------------------------------
@@ -621,6 +748,7 @@ class FakeAws:
     work_dlq: InMemoryQueue
     finalize_dlq: InMemoryQueue
     endpoint: FakeEndpointCaller
+    events: InMemoryJobEvents = field(default_factory=InMemoryJobEvents)
     _message_ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
     @classmethod
@@ -703,7 +831,7 @@ def build_pipeline(
     runner = build_runner(caller or aws.endpoint, settings, call_pool, tokenizer)
     return Pipeline(
         aws=aws,
-        intake=Intake(aws.jobs, aws.leases, aws.objects, aws.work, aws.finalize, settings),
+        intake=Intake(aws.jobs, aws.leases, aws.objects, aws.work, aws.finalize, settings, events=aws.events),
         worker=ShardProcessor(
             aws.jobs,
             aws.results,
@@ -715,7 +843,7 @@ def build_pipeline(
             settings.stop_check_seconds,
             settings.lease_seconds,
         ),
-        finalizer=Finalizer(aws.jobs, aws.results, aws.objects, settings),
+        finalizer=Finalizer(aws.jobs, aws.results, aws.objects, settings, events=aws.events),
         runner=runner,
         pools=(call_pool, record_pool),
     )
@@ -726,7 +854,7 @@ def build_pipeline(
 MAX_RECEIVE_COUNT = 5
 FINAL_ATTEMPT_RECEIVE_COUNT = 4
 # What a delivery may raise for its message to come back (a batch item failure); anything else is a bug here.
-COMES_BACK = (ShardIncomplete, Busy, ResultsIncomplete, SendFailed)
+COMES_BACK = (ShardIncomplete, Busy, ResultsIncomplete, SendFailed, PublishFailed)
 
 
 @dataclass
@@ -799,3 +927,6 @@ if TYPE_CHECKING:  # the fakes implement the ports (checked by mypy, nothing at 
     _sender: ports.MessageSender = InMemoryQueue()
     _dlqs: ports.DeadLetterQueues = InMemoryDeadLetterQueues({}, {})
     _caller: ports.EndpointCaller = FakeEndpointCaller()
+    _events: ports.JobEvents = InMemoryJobEvents()
+    _work: ports.WorkSource = InMemoryWorkSource(InMemoryQueue())
+    _registry: ports.EnvironmentRegistry = InMemoryEnvironmentRegistry()

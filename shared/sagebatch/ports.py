@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from sagebatch.domain.events import JobStateChange
 from sagebatch.domain.generation import Generation
 from sagebatch.domain.job import Job, JobStatus, ShardCounts, StopReason
-from sagebatch.domain.results import ResultLine
+from sagebatch.domain.results import ResultLine, ResultUnstorable  # noqa: F401 - part of the port's contract
 
 
 # -- endpoint ---------------------------------------------------------------------------------
@@ -61,6 +61,10 @@ class JobStore(Protocol):
         """FINALIZING -> a finished status."""
         ...
 
+    def mark_finalize_requested(self, job_id: str) -> None:
+        """Note that the finalize message of a FINALIZING job was sent (a redelivery need not send it again)."""
+        ...
+
     def shard_done(self, job_id: str, shard: int) -> bool: ...
 
     def complete_shard(self, job_id: str, shard: int, counts: ShardCounts) -> bool:
@@ -79,10 +83,6 @@ class CallCache(Protocol):
     def get(self, key: str) -> Generation | None: ...
 
     def put(self, key: str, result: Generation) -> None: ...
-
-
-class ResultUnstorable(Exception):
-    """This result cannot be stored as it is (it does not serialise): the line's problem, not the store's."""
 
 
 class ResultStore(Protocol):
@@ -159,11 +159,30 @@ class ObjectStore(Protocol):
 
     def read_bytes(self, bucket: str, key: str) -> bytes: ...
 
+    def read_if_exists(self, bucket: str, key: str) -> bytes | None:
+        """A whole object the service wrote itself, or None when there is none (yet)."""
+        ...
+
+    def keys(self, bucket: str, prefix: str) -> Iterable[str]:
+        """The keys under `prefix`, in key order."""
+        ...
+
     def put_bytes(self, bucket: str, key: str, body: bytes, content_type: str = "application/x-ndjson") -> None: ...
 
     def put_json(self, bucket: str, key: str, value: Any) -> None: ...
 
     def upload_file(self, bucket: str, key: str, fileobj: IO[bytes], content_type: str = "application/x-ndjson") -> None: ...
+
+    # A multipart upload written part by part (each but the last >= 5 MiB), resumable from its id and part ETags.
+    def start_multipart(self, bucket: str, key: str, content_type: str = "application/x-ndjson") -> str: ...
+
+    def upload_part(self, bucket: str, key: str, upload_id: str, number: int, body: bytes) -> str:
+        """Upload part `number` (1-based); returns its ETag."""
+        ...
+
+    def complete_multipart(self, bucket: str, key: str, upload_id: str, etags: list[str]) -> None: ...
+
+    def abort_multipart(self, bucket: str, key: str, upload_id: str) -> None: ...
 
 
 # -- queues -------------------------------------------------------------------------------------
@@ -215,3 +234,39 @@ class NoJobEvents:
 
     def publish(self, event: JobStateChange) -> None:
         return None
+
+
+# -- the worker's environments ----------------------------------------------------------------------------
+class EnvironmentRegistry(Protocol):
+    """Which worker execution environments have work right now (they share the endpoint's concurrency)."""
+
+    def heartbeat(self, environment: str, until: float, now: float) -> int:
+        """Register (or renew) `environment` until `until`; return how many are registered and not lapsed at `now`."""
+        ...
+
+    def leave(self, environment: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """A work message as a worker holds it: its body, how often it was received, and how to acknowledge it."""
+
+    message_id: str
+    body: str
+    receive_count: int
+    handle: str
+
+
+class WorkSource(Protocol):
+    """The work queue, for a worker that takes more shards itself while it has room (so its slots never idle
+    between batches)."""
+
+    def receive(self, max_items: int) -> list[WorkItem]: ...
+
+    def done(self, item: WorkItem) -> None:
+        """Processed: delete it."""
+        ...
+
+    def release(self, item: WorkItem) -> None:
+        """Not processed (or to be retried): make it visible again soon; its receive count goes on."""
+        ...

@@ -85,6 +85,16 @@ class Settings(BaseSettings):
     # The environment holds template.yaml's AllowedInputLocations verbatim: comma-separated s3://bucket/prefix.
     allowed_input_locations: Annotated[tuple[InputLocation, ...], NoDecode] = ()
 
+    # Job state-change events (README "Notifications"): every status change goes to this EventBridge bus; finished
+    # jobs are also published to the SNS topic when one is set (template.yaml's EventBusName, NotificationTopicArn).
+    event_bus_name: str = Field("default", min_length=1)
+    notification_topic_arn: str | None = None
+
+    @field_validator("notification_topic_arn", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("allowed_input_locations", mode="before")
     @classmethod
     def _parse_locations(cls, value: Any) -> Any:

@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from importlinter.cli import lint_imports
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def loggers_stay_enabled() -> Iterator[None]:
+    """import-linter's CLI configures logging with dictConfig, which disables every logger that exists (the service's
+    `sagebatch` logger among them) for the rest of the process: a later test in the same worker would see no logs."""
+    enabled = [lg for lg in logging.root.manager.loggerDict.values() if isinstance(lg, logging.Logger) and not lg.disabled]
+    yield
+    for lg in enabled:
+        lg.disabled = False
 
 
 @pytest.fixture

@@ -27,8 +27,9 @@ DLQS = sorted({q["Properties"]["RedrivePolicy"]["deadLetterTargetArn"]["Fn::GetA
 # Resource "*" for them (the Lambda active-tracing permissions). Nothing else may use a bare "*".
 XRAY_WRITE = {"xray:PutTraceSegments", "xray:PutTelemetryRecords"}
 # Parameters whose values name resources outside the stack that an operator explicitly approves.
-SCOPING_PARAMETERS = {"EndpointName", "AllowedInputLocations"}
+SCOPING_PARAMETERS = {"EndpointName", "AllowedInputLocations", "EventBusName", "NotificationTopicArn"}
 ENDPOINT_ARN = {"Fn::Sub": "arn:${AWS::Partition}:sagemaker:${AWS::Region}:${AWS::AccountId}:endpoint/${EndpointName}"}
+EVENT_BUS = "event-bus/${EventBusName}"  # rendered: arn:${AWS::Partition}:events:${AWS::Region}:${AWS::AccountId}:...
 
 # Exactly what each function's code calls (shared/sagebatch/adapters/*.py), on which resource. A new boto3
 # call needs a new line here and in template.yaml; an unused grant fails this table.
@@ -41,6 +42,7 @@ EXPECTED_GRANTS = {
         "s3:AbortMultipartUpload": {"DataBucket/jobs/*"},
         "dynamodb:GetItem": {"JobsTable"}, "dynamodb:PutItem": {"JobsTable"}, "dynamodb:UpdateItem": {"JobsTable"},
         "sqs:SendMessage": {"WorkQueue", "FinalizeQueue"},
+        "events:PutEvents": {EVENT_BUS},  # CREATING, RUNNING, FAILED
         "logs:CreateLogStream": {"IntakeLogGroup"}, "logs:PutLogEvents": {"IntakeLogGroup"},
         "xray:PutTraceSegments": {"*"}, "xray:PutTelemetryRecords": {"*"},
     },
@@ -63,6 +65,7 @@ EXPECTED_GRANTS = {
         "s3:PutObject": {"DataBucket/outputs/*"}, "s3:AbortMultipartUpload": {"DataBucket/outputs/*"},
         "s3:GetObject": {"DataBucket/outputs/*/records/*"},  # results too large for a DynamoDB item
         "dynamodb:GetItem": {"JobsTable"}, "dynamodb:Query": {"JobsTable"}, "dynamodb:UpdateItem": {"JobsTable"},
+        "events:PutEvents": {EVENT_BUS},  # FINALIZING, COMPLETED, CANCELLED, EXPIRED
         "logs:CreateLogStream": {"FinalizerLogGroup"}, "logs:PutLogEvents": {"FinalizerLogGroup"},
         "xray:PutTraceSegments": {"*"}, "xray:PutTelemetryRecords": {"*"},
     },
@@ -125,7 +128,7 @@ def render(expression: Any) -> str:
         return references(expression).pop()
     if "Fn::Sub" in expression and isinstance(expression["Fn::Sub"], str):
         text = re.sub(r"\$\{(\w+)\.Arn\}", r"\1", expression["Fn::Sub"])
-        return re.sub(r"^arn:\$\{AWS::Partition\}:sagemaker:\$\{AWS::Region\}:\$\{AWS::AccountId\}:", "", text)
+        return re.sub(r"^arn:\$\{AWS::Partition\}:(sagemaker|events):\$\{AWS::Region\}:\$\{AWS::AccountId\}:", "", text)
     return repr(expression)
 
 
@@ -390,6 +393,40 @@ def test_extra_input_locations_are_readable_only_when_set_and_only_under_their_p
     assert statement["Action"] == ["s3:GetObject", "s3:GetObjectVersion"]
     assert policy["Properties"]["Roles"] == [{"Ref": "IntakeFunctionRole"}, {"Ref": "WorkerFunctionRole"}]
     assert arns == ["arn:aws:s3:::partner-data/batches/*", "arn:aws:s3:::archive/*"]
+
+
+def test_finished_jobs_may_be_published_only_to_the_configured_topic_and_only_when_there_is_one():
+    # Given the policy that grants sns:Publish for job notifications
+    policy = RESOURCES["NotificationTopicPublishPolicy"]
+    condition = TEMPLATE["Conditions"][policy["Condition"]]
+    statement, = policy["Properties"]["PolicyDocument"]["Statement"]
+
+    # Then it exists only when NotificationTopicArn is set, allows Publish alone, on that topic alone, to the two
+    # functions that publish finished jobs (intake: FAILED; finalizer: COMPLETED, CANCELLED, EXPIRED)
+    assert condition == {"Fn::Not": [{"Fn::Equals": [{"Ref": "NotificationTopicArn"}, ""]}]}
+    assert TEMPLATE["Parameters"]["NotificationTopicArn"]["Default"] == ""
+    assert (statement["Effect"], statement["Action"], statement["Resource"]) == ("Allow", "sns:Publish", {"Ref": "NotificationTopicArn"})
+    assert policy["Properties"]["Roles"] == [{"Ref": "IntakeFunctionRole"}, {"Ref": "FinalizerFunctionRole"}]
+    assert not [s for _, s in identity_statements(TEMPLATE) if "sns:Publish" in as_list(s["Action"]) and s is not statement]
+
+
+def test_the_notification_topic_pattern_takes_standard_topics_only():
+    # Given the parameter's pattern; Then an empty value and a standard topic's ARN pass, a FIFO topic or junk does not
+    pattern = re.compile(TEMPLATE["Parameters"]["NotificationTopicArn"]["AllowedPattern"])
+    for good in ("", "arn:aws:sns:us-east-1:123456789012:sagebatch-jobs", "arn:aws-cn:sns:cn-north-1:123456789012:a_b"):
+        assert pattern.match(good), good
+    for bad in ("arn:aws:sns:us-east-1:123456789012:jobs.fifo", "sagebatch-jobs", "arn:aws:sns:us-east-1:123456789012:*"):
+        assert not pattern.match(bad), bad
+
+
+def test_events_go_to_the_configured_bus_which_defaults_to_the_default_bus():
+    # Given the functions' environment and the EventBusName parameter
+    variables = TEMPLATE["Globals"]["Function"]["Environment"]["Variables"]
+
+    # Then the functions see the bus and the topic, and the bus is the account's default one unless set
+    assert variables["SAGEBATCH_EVENT_BUS_NAME"] == {"Ref": "EventBusName"}
+    assert variables["SAGEBATCH_NOTIFICATION_TOPIC_ARN"] == {"Ref": "NotificationTopicArn"}
+    assert TEMPLATE["Parameters"]["EventBusName"]["Default"] == "default"
 
 
 @pytest.mark.parametrize("name", sorted(FUNCTIONS))

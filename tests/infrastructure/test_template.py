@@ -6,7 +6,7 @@ import ast
 
 import pytest
 
-from sagebatch.local.template import load_template, sqs_triggers
+from sagebatch.tooling.local.template import load_template, sqs_triggers
 from tests.conftest import ROOT
 
 TEMPLATE = load_template(ROOT / "template.yaml")

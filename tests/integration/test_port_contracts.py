@@ -272,6 +272,21 @@ def test_finalizing_begins_only_when_every_shard_is_done_and_only_once(backend: 
     assert job is not None and job.status is JobStatus.FINALIZING
 
 
+def test_a_sent_finalize_request_is_remembered_on_the_job(backend: Backend) -> None:
+    # Given a job that has begun finalizing
+    started(backend)
+    backend.jobs.complete_shard("job-1", 0, ShardCounts(succeeded=5))
+    backend.jobs.complete_shard("job-1", 1, ShardCounts(succeeded=5))
+    backend.jobs.try_begin_finalize("job-1")
+    before = backend.jobs.get_job("job-1")
+    # When its finalize request is marked as sent
+    backend.jobs.mark_finalize_requested("job-1")
+    # Then the job says so (and did not before)
+    after = backend.jobs.get_job("job-1")
+    assert before is not None and not before.finalize_requested
+    assert after is not None and after.finalize_requested and after.status is JobStatus.FINALIZING
+
+
 def test_a_creating_job_never_begins_finalizing(backend: Backend) -> None:
     # Given a job not started yet (no totals); When finalizing is attempted; Then it is refused
     backend.jobs.create_job(new_job())

@@ -837,6 +837,7 @@ def test_native_details_travel_under_sagebatch() -> None:
     bare = render_openai(res, chat_line(), job_id="j", created=CREATED, extras=False)
     # Then the native fields the peer shape lacks are kept under "sagebatch", or left out on request
     assert with_extras["sagebatch"] == {
+        "id": "req-1",
         "line": 1,
         "status": "succeeded",
         "finish_reason": "eos_token",

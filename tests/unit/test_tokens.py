@@ -1,8 +1,11 @@
-"""TGI-equivalent counting (sagebatch.tokens) checked against mistral-common v1."""
+"""TGI-equivalent counting (sagebatch.domain.tokens) checked against mistral-common v1."""
 
 from __future__ import annotations
 
 import hashlib
+import shutil
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -11,9 +14,19 @@ from mistral_common.protocol.instruct.messages import AssistantMessage, SystemMe
 from mistral_common.protocol.instruct.request import ChatCompletionRequest
 from mistral_common.tokens.tokenizers.mistral import MistralTokenizer as ReferenceTokenizer
 
-import sagebatch.tokens as tokens_module
-from sagebatch.prompt import Message, render_messages, render_prompt
-from sagebatch.tokens import BOS_ID, EOS_ID, MODEL_SHA256, default_model_path, get_tokenizer
+import sagebatch.domain.tokens as tokens_module
+from sagebatch.domain.prompt import Message, render_messages, render_prompt
+from sagebatch.domain.tokens import (
+    BOS_ID,
+    BUNDLED_MODEL_PATH,
+    EOS_ID,
+    MODEL_FILE,
+    MODEL_SHA256,
+    MistralTokenizer,
+    default_model_path,
+    get_tokenizer,
+    installed_model_path,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -200,14 +213,76 @@ def test_span_slices_rebuild_the_text(longest: int, monkeypatch: pytest.MonkeyPa
 
 
 def test_model_comes_from_the_installed_package_and_is_not_in_the_repo() -> None:
-    # Given the model path the tokenizer loads
+    # Given the model path the tokenizer loads in a local install (no layer copy beside the package)
     path = default_model_path()
     # Then it is mistral_common's bundled v1 file with the published hash, outside this repository
+    assert not BUNDLED_MODEL_PATH.exists()
     assert path.parts[-3:] == ("mistral_common", "data", "tokenizer.model.v1")
     assert "site-packages" in path.parts
     assert hashlib.sha256(path.read_bytes()).hexdigest() == MODEL_SHA256
     project_dirs = [d for d in REPO.iterdir() if d.is_dir() and not d.name.startswith(".")]
     assert not [f for d in project_dirs for f in d.glob("**/tokenizer.model*")]
+
+
+@pytest.fixture
+def layer_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The model copied beside the package, as the layer build (shared/Makefile) does, with no fallback left."""
+    installed = installed_model_path()
+    assert installed is not None
+    copy = tmp_path / "sagebatch" / "domain" / "data" / MODEL_FILE
+    copy.parent.mkdir(parents=True)
+    shutil.copyfile(installed, copy)
+    monkeypatch.setattr(tokens_module, "BUNDLED_MODEL_PATH", copy)
+    monkeypatch.setattr(tokens_module, "installed_model_path", lambda: None)  # as in the layer: no mistral_common
+    return copy
+
+
+def test_the_layer_copy_of_the_model_is_loaded_first_and_gives_mistral_commons_ids(
+    layer_copy: Path, reference: ReferenceTokenizer
+) -> None:
+    # Given the model file beside the package (the layer's copy) and no mistral_common to fall back on
+    # When the tokenizer loads its default model
+    path = default_model_path()
+    tok = MistralTokenizer()
+    # Then it is the copy, and every conversation of the corpus still encodes exactly as mistral-common does
+    assert path == layer_copy
+    for case, (system, turns) in sorted(CORPUS.items()):
+        expected = reference.encode_chat_completion(ChatCompletionRequest(messages=reference_messages(system, turns))).tokens
+        assert tok.encode(render_messages(our_messages(system, turns))) == expected, case
+
+
+def test_a_layer_copy_with_the_wrong_hash_is_refused_rather_than_skipped(layer_copy: Path) -> None:
+    # Given a different file where the layer's model should be
+    blob = layer_copy.read_bytes()
+    layer_copy.write_bytes(blob[:-1] + bytes([blob[-1] ^ 0xFF]))
+    # When the tokenizer loads its default model
+    # Then it refuses it (a different vocabulary would change every budget decision)
+    with pytest.raises(RuntimeError, match="sha256 mismatch"):
+        MistralTokenizer()
+
+
+def test_without_a_layer_copy_or_mistral_common_the_error_says_where_it_looked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given neither the layer's copy nor an installed mistral_common
+    monkeypatch.setattr(tokens_module, "BUNDLED_MODEL_PATH", tmp_path / "data" / MODEL_FILE)
+    monkeypatch.setattr(tokens_module, "find_spec", lambda name: None)
+    # When the model is looked up
+    # Then it fails naming both places, and downloads nothing
+    with pytest.raises(FileNotFoundError, match=r"neither at .* nor in an installed mistral_common"):
+        default_model_path()
+
+
+def test_finding_the_installed_model_does_not_import_mistral_common() -> None:
+    # Given a fresh interpreter with the local install (mistral-common, its numpy and pillow are heavy to import)
+    code = (
+        "import sys; from sagebatch.domain.tokens import get_tokenizer; get_tokenizer(); print(sorted("
+        "m for m in ('mistral_common', 'numpy', 'PIL', 'tiktoken') if m in sys.modules))"
+    )
+    # When the tokenizer loads mistral_common's model file
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    # Then none of them was imported
+    assert result.stdout.strip() == "[]"
 
 
 def test_get_tokenizer_is_a_singleton() -> None:

@@ -110,6 +110,12 @@ class DynamoJobStore:
         """FINALIZING -> COMPLETED, CANCELLED or EXPIRED."""
         return self._transition(job_id, status, ["finished_at = :now"], {":now": now_decimal()})
 
+    def mark_finalize_requested(self, job_id: str) -> None:
+        self._table.db.update_item(
+            TableName=self._table.name, Key=self._key(job_id), UpdateExpression="SET finalize_requested = :yes",
+            ExpressionAttributeValues=to_item({":yes": True}),
+        )
+
     def _key(self, job_id: str) -> dict[str, Any]:
         return to_item({"pk": pk(job_id), "sk": "META"})
 

@@ -85,6 +85,34 @@ class S3ObjectStore:
         body: bytes = self._s3.get_object(Bucket=bucket, Key=key)["Body"].read()
         return body
 
+    def read_if_exists(self, bucket: str, key: str) -> bytes | None:
+        try:
+            return self.read_bytes(bucket, key)
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in {"NoSuchKey", "404"}:
+                return None
+            raise
+
+    def keys(self, bucket: str, prefix: str) -> Iterator[str]:
+        for page in self._s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for item in page.get("Contents", []):
+                yield item["Key"]
+
+    def start_multipart(self, bucket: str, key: str, content_type: str = "application/x-ndjson") -> str:
+        upload_id: str = self._s3.create_multipart_upload(Bucket=bucket, Key=key, ContentType=content_type)["UploadId"]
+        return upload_id
+
+    def upload_part(self, bucket: str, key: str, upload_id: str, number: int, body: bytes) -> str:
+        etag: str = self._s3.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body)["ETag"]
+        return etag
+
+    def complete_multipart(self, bucket: str, key: str, upload_id: str, etags: list[str]) -> None:
+        parts = [{"PartNumber": number, "ETag": etag} for number, etag in enumerate(etags, start=1)]
+        self._s3.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts})
+
+    def abort_multipart(self, bucket: str, key: str, upload_id: str) -> None:
+        self._s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+
     def put_bytes(self, bucket: str, key: str, body: bytes, content_type: str = "application/x-ndjson") -> None:
         self._s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type)
 

@@ -9,7 +9,7 @@ from typing import Any, Iterable
 from botocore.exceptions import ClientError
 from pydantic import BaseModel
 
-from sagebatch.ports import MoveTaskUnsupported, NoRedriveDestination, SendFailed
+from sagebatch.ports import MoveTaskUnsupported, NoRedriveDestination, SendFailed, WorkItem
 
 _SQS_BATCH = 10
 
@@ -49,6 +49,36 @@ class SqsMessageSender:
 
 # Error codes meaning "this SQS does not offer the action", as opposed to a problem with the request.
 _UNSUPPORTED = {"UnsupportedOperation", "AWS.SimpleQueueService.UnsupportedOperation", "InvalidAction"}
+
+
+class SqsWorkSource:
+    """The work queue as a worker takes shards from it itself (sagebatch.ports.WorkSource)."""
+
+    def __init__(self, sqs: Any, queue_url: str, visibility_timeout_s: int, release_delay_s: int = 5):
+        self._sqs = sqs
+        self._queue_url = queue_url
+        self._visibility_timeout_s = visibility_timeout_s
+        self._release_delay_s = release_delay_s
+
+    def receive(self, max_items: int) -> list[WorkItem]:
+        response = self._sqs.receive_message(
+            QueueUrl=self._queue_url, MaxNumberOfMessages=max(1, min(_SQS_BATCH, max_items)), WaitTimeSeconds=0,
+            VisibilityTimeout=self._visibility_timeout_s, AttributeNames=["ApproximateReceiveCount"],
+        )
+        return [
+            WorkItem(m["MessageId"], m["Body"], int(m.get("Attributes", {}).get("ApproximateReceiveCount", 1)), m["ReceiptHandle"])
+            for m in response.get("Messages", [])
+        ]
+
+    def done(self, item: WorkItem) -> None:
+        self._sqs.delete_message(QueueUrl=self._queue_url, ReceiptHandle=item.handle)
+
+    def release(self, item: WorkItem) -> None:
+        # Visible again after a short pause (not at once: a shard handed back for a retryable endpoint failure
+        # should not come straight back to the same overloaded endpoint).
+        self._sqs.change_message_visibility(
+            QueueUrl=self._queue_url, ReceiptHandle=item.handle, VisibilityTimeout=self._release_delay_s
+        )
 
 
 class SqsDeadLetterQueues:

@@ -78,7 +78,7 @@ def detect(obj: object) -> Format:
     """
     if not isinstance(obj, Mapping):
         raise FormatError(f"a record must be a JSON object, got {_json_type(obj)}")
-    found = [fmt for fmt in FORMATS if not _MARKERS[fmt].isdisjoint(obj)]
+    found = families(obj)
     if not found:
         raise FormatError(
             "not a record in any known format: expected native (one of 'prompt', 'messages', 'inputs', 'document'), "
@@ -88,6 +88,17 @@ def detect(obj: object) -> Format:
         fields = "; ".join(f"{FORMAT_NAMES[fmt]}: {', '.join(sorted(_MARKERS[fmt] & set(obj)))}" for fmt in found)
         raise FormatError(f"the line mixes fields of several formats ({fields}); a line is in one format")
     return found[0]
+
+
+def families(obj: object) -> list[Format]:
+    """The formats whose marker keys `obj` carries, in FORMATS order (none for a value that is not an object).
+
+    ``detect`` needs exactly one. A native reader uses this to tell a line of no known format (let the native
+    validation explain it in its own terms) from one that carries a peer's fields.
+    """
+    if not isinstance(obj, Mapping):
+        return []
+    return [fmt for fmt in FORMATS if not _MARKERS[fmt].isdisjoint(obj)]
 
 
 class FormatDetector:
@@ -649,8 +660,9 @@ _HTTP_STATUS: Final[Mapping[str, int]] = {
 }
 _STOPPED: Final = frozenset({"cancelled", "expired"})
 # Fields a rendered line already carries in the peer's own terms; the rest of the native result goes under
-# "sagebatch" (line, status, notes, strategy, …) unless the caller asks for the bare peer shape.
-_RENDERED_FIELDS: Final = frozenset({"id", "output", "usage", "error"})
+# "sagebatch" (id, line, status, notes, strategy, …) unless the caller asks for the bare peer shape. The native id
+# stays there too: the peer's custom_id / recordId may hold it only as a string (see ``native_fields``).
+_RENDERED_FIELDS: Final = frozenset({"output", "usage", "error"})
 
 
 def stable_id(job_id: str, line: int) -> str:
@@ -929,6 +941,16 @@ def _usage(result: Mapping[str, Any]) -> tuple[int, int]:
 
 def _extras(result: Mapping[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in result.items() if key not in _RENDERED_FIELDS}
+
+
+def native_fields(line: Mapping[str, Any]) -> dict[str, Any]:
+    """The native result fields (id, line, status, parent_line, notes, …) of a results.jsonl line in any output format.
+
+    A rendered peer line keeps them under ``"sagebatch"``; a native line is its own. Readers that select lines by
+    status (a retry, ``--failed-only``) go through this, so they work whatever the job's ``output_format``.
+    """
+    extras = line.get("sagebatch")
+    return dict(extras) if isinstance(extras, Mapping) and "status" in extras else dict(line)
 
 
 # --------------------------------------------------------------------------------------------------------------

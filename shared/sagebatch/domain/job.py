@@ -17,6 +17,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, Field
 
+from sagebatch.domain.formats import Format
 from sagebatch.domain.parameters import Parameters
 from sagebatch.domain.records import FitSettings
 from sagebatch.domain.results import ResultLine, StopReason
@@ -97,6 +98,11 @@ class Job(ShardCounts):
     etag: str | None = None  # of the input as intake read it: pins a retry's re-read in an unversioned bucket
     parameters: Parameters = Field(default_factory=Parameters)
     fit: FitSettings | None = None
+    # The input's format, decided at intake by its first recognisable line (which `input_format_line` names; None
+    # when no line in the head was recognisable and the file is read as native), and the format results are written in.
+    input_format: Format = "native"
+    input_format_line: int | None = None
+    output_format: Format = "native"
     client_token: str | None = None
     parent_job_id: str | None = None  # set on a retry job: the job whose unsucceeded records it runs again
     created_at: float = Field(default_factory=time.time)
@@ -109,6 +115,7 @@ class Job(ShardCounts):
     total_shards: int | None = None
     shards_done: int = 0
     error: str | None = None
+    finalize_requested: bool = False  # the finalize message was sent after the switch to FINALIZING
 
     @property
     def finished(self) -> bool:

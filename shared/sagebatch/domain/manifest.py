@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from sagebatch.domain.job import Job
-from sagebatch.domain.layout import results_key, s3_uri
+from sagebatch.domain.layout import errors_key, results_key, s3_uri
 
 
 def iso_time(timestamp: float | None, timespec: str = "auto") -> str | None:
@@ -24,6 +24,10 @@ def build_manifest(job: Job, bucket: str, finished_at: float, status: str) -> di
         "input": job.source,
         "input_version_id": job.version_id,
         "results": s3_uri(bucket, results_key(job.job_id)),
+        # OpenAI's error file: the lines of results.jsonl whose response is null or not 200 (OpenAI output only).
+        "errors": s3_uri(bucket, errors_key(job.job_id)) if job.output_format == "openai" else None,
+        "input_format": job.input_format,
+        "output_format": job.output_format,
         "counts": counts,
         "tokens": {"input": job.input_tokens, "output": job.output_tokens},
         "endpoint_calls": job.endpoint_calls,

@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
+from sagebatch.domain.formats import Format
 from sagebatch.domain.limits import MAX_JOB_DEADLINE_S
 from sagebatch.domain.parameters import Parameters
 from sagebatch.domain.records import FitSettings
@@ -27,6 +28,8 @@ class JobSpec(BaseModel):
     parameters: Parameters = Field(default_factory=Parameters)
     fit: FitSettings | None = None
     deadline_s: DeadlineSeconds | None = None
+    # The results' shape: native, or a peer's (OpenAI Batch, Bedrock batch). Default: the input's own format.
+    output_format: Format | None = None
 
     @field_validator("input")
     @classmethod
@@ -88,6 +91,9 @@ class Shard(BaseModel):
     # result takes when the record names none (the parent's id, itself a line number of the original job).
     parent_lines: list[int] | None = None
     default_ids: list[int] | None = None
+    # The file's format as intake decided it (and the line that decided it), so no worker decides again.
+    input_format: Format = "native"
+    input_format_line: int | None = None
 
     def parent_line(self, line: int) -> int | None:
         return self.parent_lines[line - self.first_line] if self.parent_lines is not None else None

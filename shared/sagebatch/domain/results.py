@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, TypeAdapter
 
+from sagebatch.domain.formats import dumps_line
+
 class Usage(BaseModel):
     """Tokens of the answers a result is built from. The `reused_*` part came from answers a previous delivery of
     this job already paid for (chunk answers kept across deliveries): they are counted once, here, not sent again."""
@@ -104,3 +106,19 @@ class DuplicateIds:
             return result
         note = f"duplicate id: line {first} has the same id"
         return result.model_copy(update={"notes": [*(result.notes or []), note]})
+
+
+class ResultUnstorable(Exception):
+    """This result cannot be stored as it is (it does not serialise): the line's problem, not the store's."""
+
+
+def encode_result(result: ResultLine) -> bytes:
+    """A result's stored form: one JSON line (line separators and lone surrogates escaped, never NaN)."""
+    try:
+        return dumps_line(result.model_dump(mode="json")).encode("utf-8")
+    except ValueError as error:  # pydantic's serialisation errors, NaN, UnicodeEncodeError are ValueErrors
+        raise ResultUnstorable(f"{type(error).__name__}: {error}") from error
+
+
+def decode_result(encoded: bytes) -> ResultLine:
+    return ResultLine.model_validate_json(encoded)

@@ -1,8 +1,11 @@
 """Offline Mistral 7B (v1, 32k vocabulary) token counting, as TGI counts.
 
 The SentencePiece model is the ``tokenizer.model.v1`` file shipped inside the
-installed ``mistral_common`` package (protocol.md section 9); it is never
-downloaded and never copied into this repository.
+``mistral_common`` package (protocol.md section 9). The Lambda layer build
+(shared/Makefile) copies it from the locally installed mistral_common to
+``sagebatch/domain/data/`` so the layer needs neither mistral-common nor its
+numpy, pillow and tiktoken; a local install reads mistral_common's copy. It is
+never downloaded and never committed to this repository.
 
 How TGI counts an ``inputs`` string (protocol.md 3.2 and 9): it encodes with
 special tokens enabled, so BOS (id 1) is prepended, and the literals ``<s>``,
@@ -10,7 +13,7 @@ special tokens enabled, so BOS (id 1) is prepended, and the literals ``<s>``,
 between such literals is encoded as independent segments, each getting
 SentencePiece's leading ``▁`` (the "legacy" behaviour of the Llama/Mistral
 tokenizer that TGI loads). ``encode`` reproduces that: split at the literals,
-SentencePiece-encode each segment. For text rendered by ``sagebatch.prompt``
+SentencePiece-encode each segment. For text rendered by ``sagebatch.domain.prompt``
 this gives the same ids as mistral-common's ``encode_chat_completion``
 (tests/unit/test_tokens.py).
 
@@ -29,7 +32,7 @@ from array import array
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from importlib import resources
+from importlib.util import find_spec
 from pathlib import Path
 
 import sentencepiece
@@ -56,9 +59,35 @@ _LONGEST_SPAN_BLOCK = 1 << 20
 _NEWLINE_PREFIX_PIECES = 2
 
 
+# Where the layer build puts the model (gitignored; absent in a source checkout).
+BUNDLED_MODEL_PATH = Path(__file__).parent / "data" / MODEL_FILE
+
+
+def installed_model_path() -> Path | None:
+    """The v1 model inside the installed mistral_common package (found without importing it), if any."""
+    spec = find_spec("mistral_common")
+    locations = spec.submodule_search_locations if spec is not None else None
+    for location in locations or []:
+        candidate = Path(location) / "data" / MODEL_FILE
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def default_model_path() -> Path:
-    """Path of the v1 model inside the installed mistral_common package."""
-    return Path(str(resources.files("mistral_common") / "data" / MODEL_FILE))
+    """The v1 model: the copy beside this package (the Lambda layer), else mistral_common's (a local install).
+
+    Never downloads anything. ``MistralTokenizer()`` checks the file against ``MODEL_SHA256`` before using it.
+    """
+    if BUNDLED_MODEL_PATH.is_file():
+        return BUNDLED_MODEL_PATH
+    installed = installed_model_path()
+    if installed is None:
+        raise FileNotFoundError(
+            f"{MODEL_FILE} is neither at {BUNDLED_MODEL_PATH} (the Lambda layer build puts it there) "
+            "nor in an installed mistral_common package (pip install -e . installs it)"
+        )
+    return installed
 
 
 @dataclass(frozen=True)

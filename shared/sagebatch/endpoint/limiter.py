@@ -310,6 +310,16 @@ class InMemoryLimiterStore:
         with self._lock:
             return self._state
 
+    def resize(self, settings: LimiterSettings) -> None:
+        """Take new caps (this environment's share of the endpoint changed): the limit is clamped into the new
+        bounds, requests in flight above a smaller cap simply finish, and waiters that now fit are admitted."""
+        with self._lock:
+            self.settings = settings
+            limit = min(max(self._state.limit, settings.min_limit), settings.max_limit)
+            if limit != self._state.limit:
+                self._state = replace(self._state, limit=limit, version=self._state.version + 1)
+            self._dispatch()
+
     def waiting(self) -> int:
         with self._lock:
             return len(self._queue)

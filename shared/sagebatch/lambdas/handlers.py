@@ -1,18 +1,23 @@
 """Record handlers shared by the thin Lambda entry points in functions/*/app.py.
 
 Each SQS message is processed on its own; failures become `batchItemFailures`
-(ReportBatchItemFailures is set on every event source in template.yaml).
+(ReportBatchItemFailures is set on every event source in template.yaml). Each handler adds its metrics
+(sagebatch.lambdas.telemetry) to its function's EMF set, which the entry point's `@log_metrics` flushes.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
-from sagebatch.lambdas import service
 from sagebatch.domain.messages import FinalizeRequest, Shard
+from sagebatch.lambdas import metrics as names
+from sagebatch.lambdas import service, telemetry
+from sagebatch.observability import function_metrics
+from sagebatch.usecases.worker import ShardIncomplete
 
 # A worker stops taking new records when it could no longer finish one endpoint call
 # (60 s SageMaker limit + margin); the rest go back to the queue as item failures.
@@ -28,8 +33,11 @@ def _process(event: dict[str, Any], context: Any, record_handler: Any) -> dict[s
 
 
 def intake(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    metrics = function_metrics(names.INTAKE)
+
     def handle(record: SQSRecord) -> None:
-        service.intake().handle_message(record.body, record.message_id)
+        outcomes = service.intake().handle_message(record.body, record.message_id)
+        telemetry.publish(metrics, telemetry.intake_metrics(outcomes))
 
     return _process(event, context, handle)
 
@@ -38,16 +46,32 @@ def worker(event: dict[str, Any], context: Any) -> dict[str, Any]:
     def keep_going() -> bool:
         return context is None or context.get_remaining_time_in_millis() > CALL_TIME_RESERVE_MS
 
+    metrics = function_metrics(names.WORKER)
+
     def handle(record: SQSRecord) -> None:
         shard = Shard.model_validate_json(record.body)
         receives = int(record.attributes.approximate_receive_count or 1)
-        service.shard_processor().process(shard, final_attempt=receives >= FINAL_ATTEMPT_RECEIVE_COUNT, keep_going=keep_going)
+        started = time.monotonic()
+        try:
+            outcome = service.shard_processor().process(
+                shard, final_attempt=receives >= FINAL_ATTEMPT_RECEIVE_COUNT, keep_going=keep_going
+            )
+        except ShardIncomplete as incomplete:
+            telemetry.publish(metrics, telemetry.record_metrics(incomplete.delivered, time.monotonic() - started, True))
+            raise
+        telemetry.publish(metrics, telemetry.record_metrics(outcome.delivered, time.monotonic() - started))
 
-    return _process(event, context, handle)
+    try:
+        return _process(event, context, handle)
+    finally:  # the endpoint's side of the whole batch, whatever became of its records
+        telemetry.publish(metrics, service.endpoint_caller().take())
 
 
 def finalizer(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    metrics = function_metrics(names.FINALIZER)
+
     def handle(record: SQSRecord) -> None:
-        service.finalizer().finalize(FinalizeRequest.model_validate_json(record.body).job_id)
+        outcome = service.finalizer().finalize(FinalizeRequest.model_validate_json(record.body).job_id)
+        telemetry.publish(metrics, telemetry.finalize_metrics(outcome))
 
     return _process(event, context, handle)

@@ -6,6 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 
 from sagebatch.adapters.dynamodb import Table
+from sagebatch.adapters.events import EventBridgeJobEvents
 from sagebatch.adapters.jobs import DynamoJobStore
 from sagebatch.adapters.leases import DynamoLeaseStore
 from sagebatch.adapters.objects import S3ObjectStore
@@ -15,6 +16,7 @@ from sagebatch.domain.budget import TokenBudget
 from sagebatch.domain.tokens import get_tokenizer
 from sagebatch.endpoint.caller import make_default_caller
 from sagebatch.lambdas.clients import client, runtime_client
+from sagebatch.lambdas.telemetry import MeteredCaller
 from sagebatch.settings import get_settings
 from sagebatch.usecases.finalize import Finalizer
 from sagebatch.usecases.intake import Intake
@@ -39,6 +41,12 @@ def _sender(queue_url: str) -> SqsMessageSender:
     return SqsMessageSender(client("sqs"), queue_url)
 
 
+def job_events() -> EventBridgeJobEvents:
+    settings = get_settings()
+    topic = settings.notification_topic_arn
+    return EventBridgeJobEvents(client("events"), settings.event_bus_name, client("sns") if topic else None, topic)
+
+
 @lru_cache(maxsize=1)
 def intake() -> Intake:
     settings = get_settings()
@@ -49,21 +57,29 @@ def intake() -> Intake:
         _sender(settings.work_queue_url),
         _sender(settings.finalize_queue_url),
         settings,
+        events=job_events(),
     )
+
+
+@lru_cache(maxsize=1)
+def endpoint_caller() -> MeteredCaller:
+    """The execution environment's one caller (limiter + retries), shared by the worker's threads; the worker's
+    handler reads its counters and limit after each invocation (sagebatch.lambdas.telemetry)."""
+    settings = get_settings()
+    return MeteredCaller(make_default_caller(
+        runtime_client(),
+        settings.endpoint_name,
+        endpoint_max_concurrency=settings.endpoint_max_concurrency,
+        worker_max_concurrency=settings.worker_max_concurrency,
+    ))
 
 
 @lru_cache(maxsize=1)
 def shard_processor() -> ShardProcessor:
     settings = get_settings()
     in_flight = settings.calls_in_flight_per_worker
-    caller = make_default_caller(
-        runtime_client(),
-        settings.endpoint_name,
-        endpoint_max_concurrency=settings.endpoint_max_concurrency,
-        worker_max_concurrency=settings.worker_max_concurrency,
-    )
     runner = RecordRunner(
-        caller,
+        endpoint_caller(),
         TokenBudget(max_input_length=settings.max_input_length, max_total_tokens=settings.max_total_tokens),
         get_tokenizer(),
         settings.default_max_new_tokens,
@@ -85,13 +101,13 @@ def shard_processor() -> ShardProcessor:
 
 @lru_cache(maxsize=1)
 def finalizer() -> Finalizer:
-    return Finalizer(jobs(), results(), S3ObjectStore(client("s3")), get_settings())
+    return Finalizer(jobs(), results(), S3ObjectStore(client("s3")), get_settings(), events=job_events())
 
 
 def reset() -> None:
     """Forget everything built from settings and clients (tests and each local run)."""
     from sagebatch.lambdas.clients import reset_clients
 
-    for cached in (intake, shard_processor, finalizer, get_settings):
+    for cached in (intake, endpoint_caller, shard_processor, finalizer, get_settings):
         cached.cache_clear()
     reset_clients()

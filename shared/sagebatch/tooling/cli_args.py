@@ -52,14 +52,16 @@ def positive_seconds(value: float | None) -> float | None:
 
 
 def output_directory(path: Path) -> Path:
-    """--out, usable before the run starts (not after an hour of work): a directory we can create and write in."""
+    """--out, checked before the run starts (not after an hour of work): an existing directory we may write in,
+    or one that can be created under the nearest existing directory (created only once there is something to write)."""
     if path.exists() and not path.is_dir():
         raise UsageProblem(f"--out {str(path)!r} is an existing file, not a directory")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UsageProblem(f"--out {str(path)!r} cannot be created: {error.strerror}") from None
-    if not os.access(path, os.W_OK | os.X_OK):
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageProblem(f"--out {str(path)!r} cannot be created: {str(existing)!r} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
         raise UsageProblem(f"--out {str(path)!r} is not writable")
     return path
 

@@ -24,6 +24,7 @@ from botocore.exceptions import ClientError
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
+from sagebatch.domain.formats import native_fields
 from sagebatch.adapters.dynamodb import Table
 from sagebatch.adapters.jobs import DynamoJobStore
 from sagebatch.adapters.queues import SqsDeadLetterQueues, SqsMessageSender, region_of_queue_url
@@ -256,9 +257,10 @@ def _lines(body: Any, chunk_size: int = 1 << 20) -> Iterator[bytes]:
 
 
 def _is_failure(line: bytes) -> bool:
+    """Whatever the job's output format: peer lines keep the native status under "sagebatch"."""
     try:
-        return bool(json.loads(line).get("status") != "succeeded")
-    except (ValueError, AttributeError):
+        return bool(native_fields(json.loads(line)).get("status") != "succeeded")
+    except (ValueError, AttributeError, TypeError):
         return True
 
 

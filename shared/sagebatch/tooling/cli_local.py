@@ -78,6 +78,8 @@ def run_command(options: RunOptions) -> int:
     except (PipelineStalled, TimeoutError) as error:
         print(f"the job did not finish: {error}", file=sys.stderr)
         return ExitCode.ERROR
+    except OSError as error:  # the output folder (checked up front, but the disk may still say no)
+        raise UsageProblem(f"cannot write the results to {str(options.out)!r}: {error.strerror or error}") from None
     finally:
         logger.setLevel(level)
     print_run_summary(manifest, options.out, time.monotonic() - started)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -23,15 +24,28 @@ from pydantic import ValidationError
 
 from sagebatch.domain.encoding import SNIFF_BYTES, sniff_problem
 from sagebatch.domain.errors import describe_validation_error
+from sagebatch.domain.events import state_change
+from sagebatch.domain.formats import Format, native_fields, resolve_output_format
 from sagebatch.domain.job import Job, JobStatus
 from sagebatch.domain.layout import job_input_key, manifest_key, results_key
 from sagebatch.domain.messages import CONTROL_ADAPTER, CancelRequest, JobSpec, RetryRequest, Shard
 from sagebatch.domain.results import ResultLine
 from sagebatch.observability import logger
-from sagebatch.ports import InputUnreadable, JobStore, LeaseStore, LineSpan, MessageSender, ObjectInfo, ObjectStore
+from sagebatch.ports import (
+    InputUnreadable,
+    JobEvents,
+    JobStore,
+    LeaseStore,
+    LineSpan,
+    MessageSender,
+    NoJobEvents,
+    ObjectInfo,
+    ObjectStore,
+)
 from sagebatch.settings import Settings
 from sagebatch.usecases.control.cancel import cancel
 from sagebatch.usecases.control.retry import Lineage, RetryRefused, retry_lineage, retryable
+from sagebatch.usecases.input_format import InputFormat, decide_input_format
 from sagebatch.usecases.finishing import begin_finalize, resume_finalize
 from sagebatch.usecases.lease import Lease
 
@@ -98,7 +112,7 @@ def parse_s3_drops(body: dict[str, Any]) -> list[S3Drop] | None:
 class Intake:
     def __init__(
         self, jobs: JobStore, leases: LeaseStore, objects: ObjectStore, work: MessageSender, finalize: MessageSender,
-        settings: Settings,
+        settings: Settings, events: JobEvents | None = None,
     ):
         self._jobs = jobs
         self._leases = leases
@@ -106,6 +120,7 @@ class Intake:
         self._work = work
         self._finalize = finalize
         self._settings = settings
+        self._events = events or NoJobEvents()
 
     def handle_message(self, body_text: str, message_id: str) -> list[IntakeOutcome]:
         try:
@@ -127,7 +142,7 @@ class Intake:
         if not self._settings.allows_input(drop.bucket, drop.key):
             return self._reject(job_id, self._not_allowed(drop.bucket, drop.key))
         job = Job(job_id=job_id, source=f"s3://{drop.bucket}/{drop.key}", bucket=drop.bucket, key=drop.key, version_id=drop.version_id)
-        return self._start(job)
+        return self._start(self._with_formats(job))
 
     def submit_job(self, body: dict[str, Any], message_id: str) -> IntakeOutcome:
         try:
@@ -159,7 +174,7 @@ class Intake:
             fit=spec.fit,
             client_token=spec.client_token,
         )
-        return self._start(job, spec.deadline_s)
+        return self._start(self._with_formats(job, spec.output_format), spec.deadline_s)
 
     def control(self, body: dict[str, Any]) -> IntakeOutcome:
         try:
@@ -190,6 +205,8 @@ class Intake:
         job = Job(
             job_id=job_id, source=f"s3://{bucket}/{key}", bucket=bucket, key=key, parameters=parent.parameters,
             fit=parent.fit, client_token=request.client_token, parent_job_id=parent.job_id,
+            # The parent's lines in the parent's format (its deciding line is not among them), results in its shape.
+            input_format=parent.input_format, output_format=parent.output_format,
         )
         logger.info("retry", extra={"job_id": job_id, "parent_job_id": parent.job_id, "records": len(lineage)})
         return self._start(job, request.deadline_s, lineage)
@@ -201,7 +218,9 @@ class Intake:
         the parent read), so neither has to fit in memory; only two integers per retried line are kept.
         """
         results = self._objects.head(self._settings.bucket_name, results_key(parent.job_id))
-        lineage = retry_lineage(ResultLine.model_validate_json(line) for line in self._objects.lines(results))
+        lineage = retry_lineage(
+            ResultLine.model_validate(native_fields(json.loads(line))) for line in self._objects.lines(results)
+        )
         source = ObjectInfo(parent.bucket, parent.key, parent.version_id, parent.etag or "", 0)
         wanted = iter(lineage.parent_lines)
         next_line = next(wanted, None)
@@ -219,12 +238,25 @@ class Intake:
             self._objects.upload_file(bucket, key, spool)
         return lineage
 
+    def _with_formats(self, job: Job, requested: Format | None = None) -> Job:
+        """The job with its input's format, decided by the first recognisable line in the head of the object (so
+        that no worker decides again), and the format its results take: as requested, else the input's."""
+        try:
+            info = self._objects.head(job.bucket, job.key, job.version_id)
+            decided = decide_input_format(self._objects, info, self._settings.max_line_bytes)
+        except InputUnreadable:
+            decided = InputFormat()  # the job fails at _enqueue's read, with the reason
+        return job.model_copy(update={
+            "input_format": decided.format, "input_format_line": decided.line,
+            "output_format": resolve_output_format(requested, decided.format),
+        })
+
     def _start(self, job: Job, deadline_s: int | None = None, lineage: Lineage | None = None) -> IntakeOutcome:
         job.deadline_at = job.created_at + (deadline_s or self._settings.default_job_deadline_s)
         job, created = self._jobs.create_job(job)
         if not created and job.status != JobStatus.CREATING:
             logger.info("duplicate submission", extra={"job_id": job.job_id, "status": job.status})
-            resume_finalize(self._jobs, self._finalize, job.job_id, job.status)  # in case this message's first try failed there
+            resume_finalize(self._jobs, self._finalize, job)  # in case this message's first try failed there
             return IntakeOutcome(job.job_id, False, "duplicate")
         # Two simultaneous deliveries of one submission both get here (the loser of create_job sees CREATING):
         # only the holder of the job's enqueue lease sends the shards; the other waits until the job has started.
@@ -240,6 +272,8 @@ class Intake:
         return current is None or current.status != JobStatus.CREATING
 
     def _enqueue(self, job: Job, created: bool, lineage: Lineage | None) -> IntakeOutcome:
+        # Under the enqueue lease, before the job moves on: a redelivery after a failed publish publishes it again.
+        self._publish(job, JobStatus.CREATING)
         try:
             info = self._objects.head(job.bucket, job.key, job.version_id)
             problem = sniff_problem(self._objects.head_bytes(info, SNIFF_BYTES))
@@ -247,8 +281,9 @@ class Intake:
                 raise InputUnreadable(problem)
             total_records, total_shards = self._enqueue_shards(job, info, lineage)
         except InputUnreadable as error:
-            self._fail(job.job_id, str(error))
+            self._fail(job, str(error))
             return IntakeOutcome(job.job_id, created, str(error))
+        self._publish(job, JobStatus.RUNNING, total_records=total_records)  # before the change, for the same reason
         self._jobs.start_job(job.job_id, total_records, total_shards, info.version_id, info.etag)
         logger.info("job started", extra={"job_id": job.job_id, "records": total_records, "shards": total_shards})
         # An empty file, or workers that finished every shard before the totals were known.
@@ -267,6 +302,7 @@ class Intake:
                     job_id=job.job_id, shard=shards, bucket=info.bucket, key=info.key, version_id=info.version_id, etag=info.etag,
                     start=group[0].start, end=group[-1].end, first_line=lines + 1, lines=len(group),
                     parent_lines=parent_lines, default_ids=default_ids,
+                    input_format=job.input_format, input_format_line=job.input_format_line,
                 )
                 lines += len(group)
                 shards += 1
@@ -282,17 +318,24 @@ class Intake:
         """A submission that cannot become a runnable job still gets a job record saying why."""
         job, created = self._jobs.create_job(Job(job_id=job_id, source="", bucket="", key="", error=reason))
         if created or job.status == JobStatus.CREATING:
-            self._fail(job_id, reason)
+            self._publish(job, JobStatus.CREATING)
+            self._fail(job, reason)
         return IntakeOutcome(job_id, created, reason)
 
-    def _fail(self, job_id: str, reason: str) -> None:
+    def _fail(self, job: Job, reason: str) -> None:
+        job_id = job.job_id
         logger.warning("job failed at intake", extra={"job_id": job_id, "reason": reason})
-        self._jobs.fail_job(job_id, reason)
+        # Manifest and event first, the status change last: until it is made, a redelivery does all three again.
         self._objects.put_json(
             self._settings.bucket_name,
             manifest_key(job_id),
             {"job_id": job_id, "status": "FAILED", "error": reason},
         )
+        self._publish(job, JobStatus.FAILED, error=reason)
+        self._jobs.fail_job(job_id, reason)
+
+    def _publish(self, job: Job, status: JobStatus, **change: Any) -> None:
+        self._events.publish(state_change(job, status, time.time(), self._settings.bucket_name, **change))
 
 
 def group_spans(spans: Iterator[LineSpan], max_lines: int, max_bytes: int) -> Iterator[list[LineSpan]]:

@@ -6,6 +6,10 @@ formatting or calling for the line becomes `internal_error` with the exception's
 trace goes to the log, without the message, which may quote the input). Only `RetryLater` (a retryable endpoint
 failure that outlived the caller's retries) escapes, so the shard comes back.
 
+Lines in a peer's format (OpenAI Batch, Bedrock batch: domain.formats) are converted to native records before
+validation, in the file's format as intake decided it; a line in another format fails alone. The result keeps the
+peer's id (custom_id, recordId) as its `id`, and the conversion's notes (peer fields ignored) in its `notes`.
+
 Pure orchestration over injected collaborators: the tokenizer, the token budget and an `EndpointCaller`.
 """
 
@@ -25,6 +29,7 @@ from pydantic import ValidationError
 from sagebatch.domain.budget import BudgetExceeded, TokenBudget
 from sagebatch.domain.errors import describe
 from sagebatch.domain.fitting import Call, UnsupportedStrategy, answer
+from sagebatch.domain.formats import Format, FormatDetector, FormatError, families, to_native
 from sagebatch.domain.generation import EndpointError, Generation
 from sagebatch.domain.parameters import InvalidParameters, Parameters, describe_parameter_errors, normalize
 from sagebatch.domain.prompt import PromptFormatError
@@ -32,6 +37,9 @@ from sagebatch.domain.records import FitSettings, parse_record
 from sagebatch.domain.results import ResultLine, StopReason, Usage, failed, stopped
 from sagebatch.observability import logger
 from sagebatch.ports import CallCache, EndpointCaller
+
+# The field that names a record's id, in each format.
+_ID_FIELDS: dict[Format, str] = {"native": "id", "openai": "custom_id", "bedrock": "recordId"}
 
 # An escaped surrogate in the JSON text: the only way a valid UTF-8 line can carry one (checked only then).
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
@@ -68,6 +76,26 @@ class LineFailed(Exception):
 def valid_id(value: Any) -> bool:
     """Record ids are JSON strings or integers (no floats, no booleans, no objects)."""
     return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+
+
+def id_field(data: Any) -> str:
+    """The field naming this line's id: its own format's (a line of no single format is read as native)."""
+    found = families(data)
+    return _ID_FIELDS[found[0]] if len(found) == 1 else "id"
+
+
+def line_format(data: Any, line: int, decided: Format, decided_at: int | None = None) -> Format:
+    """The format this line is read in: the file's, which the line must be in (else LineFailed, this line only).
+
+    In a native file, a line of no known format is left to the native validation, whose messages say what a native
+    record lacks; a line carrying a peer's fields there fails with the formats module's message.
+    """
+    try:
+        return FormatDetector(decided, decided_at).feed(data, line)
+    except FormatError as error:
+        if decided == "native" and not families(data):
+            return "native"
+        raise LineFailed("invalid_record", str(error)) from None
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -129,7 +157,7 @@ class RecordRunner:
             data = parse_line(raw, self._max_line_bytes)
         except Exception:  # no JSON, no id of its own
             return fallback, False
-        named = data.get("id") if isinstance(data, dict) else None
+        named = data.get(id_field(data)) if isinstance(data, dict) else None
         return (named, True) if named is not None and valid_id(named) else (fallback, False)
 
     def not_run(self, line: int, raw: bytes, reason: StopReason, default_id: Any = None) -> ResultLine:
@@ -145,23 +173,35 @@ class RecordRunner:
         job_fit: FitSettings | None,
         default_id: Any = None,
         cache: CallCache | None = None,
+        input_format: Format = "native",
+        input_format_line: int | None = None,
     ) -> ResultLine:
         """Answer one line: always one result. Raises RetryLater only for retryable endpoint failures.
 
         `default_id` is the result's id when the record names none (a retry job passes the parent's); else the line.
+        `input_format` is the file's format (and `input_format_line` the line that decided it), as intake decided.
         """
         record_id: Any = line if default_id is None else default_id
         given = False
         sent = _Sent()
+        notes: tuple[str, ...] = ()
         try:
             data = parse_line(raw, self._max_line_bytes)
-            if isinstance(data, dict) and data.get("id") is not None:
-                if not valid_id(data["id"]):
+            key = id_field(data)
+            if isinstance(data, dict) and data.get(key) is not None:
+                if valid_id(data[key]):
+                    record_id, given = data[key], True
+                elif key == "id":  # a peer's id field is checked, with the peer's words, by the conversion
                     raise LineFailed("invalid_record", f"id must be a string or an integer, not {_json_kind(data['id'])}")
-                record_id, given = data["id"], True
-            return self._answer(line, data, record_id, job_parameters, job_fit, cache, sent).model_copy(
-                update={"id_given": given}
-            )
+            fmt = line_format(data, line, input_format, input_format_line)
+            if fmt != "native":
+                try:
+                    converted = to_native(data, fmt)
+                except FormatError as error:
+                    raise LineFailed("invalid_record", str(error)) from None
+                data, notes = converted.record, converted.notes
+            result = self._answer(line, data, record_id, job_parameters, job_fit, cache, sent)
+            return _noted(result, notes).model_copy(update={"id_given": given})
         except RetryLater:
             raise
         except OutsideTheLine as wrapped:
@@ -174,7 +214,7 @@ class RecordRunner:
                 extra={"line": line, "error_class": type(error).__name__, "trace": traceback.format_tb(error.__traceback__)},
             )
             result = failed(line, record_id, "internal_error", f"{type(error).__name__}: {error}", calls=sent.requests)
-        return result.model_copy(update={"id_given": given})
+        return _noted(result, notes).model_copy(update={"id_given": given})
 
     def _answer(
         self,
@@ -279,6 +319,13 @@ class RecordRunner:
         if len(calls) == 1:
             return [one(calls[0])]
         return list(self._pool.map(one, calls))
+
+
+def _noted(result: ResultLine, notes: tuple[str, ...]) -> ResultLine:
+    """`result` with the conversion's notes appended to its own."""
+    if not notes:
+        return result
+    return result.model_copy(update={"notes": [*(result.notes or []), *notes]})
 
 
 def _call_key(payload: dict[str, Any]) -> str:

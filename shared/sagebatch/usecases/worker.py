@@ -12,7 +12,7 @@ so the shard still completes and the job still finalizes with one result per lin
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from sagebatch.domain.encoding import UTF8_BOM
@@ -36,16 +36,47 @@ from sagebatch.usecases.lease import Lease
 from sagebatch.usecases.record_runner import RecordRunner, RetryLater
 
 
+@dataclass
+class Delivered:
+    """What one delivery stored, for the worker's metrics: each result counts once, in the delivery that stored it
+    (a redelivery that reuses it does not count it again). No text: statuses, error types and token counts."""
+
+    succeeded: int = 0
+    failed: dict[str, int] = field(default_factory=dict)  # error.type -> results
+    cancelled: int = 0
+    expired: int = 0
+    input_tokens: int = 0  # processed by the endpoint for these results (chunk answers reused: not counted again)
+    output_tokens: int = 0
+
+    @property
+    def completed(self) -> int:
+        return self.succeeded + sum(self.failed.values()) + self.cancelled + self.expired
+
+    def add(self, result: ResultLine) -> None:
+        if result.status == "failed":
+            kind = result.error.type if result.error else "unknown"
+            self.failed[kind] = self.failed.get(kind, 0) + 1
+        else:
+            setattr(self, result.status, getattr(self, result.status) + 1)
+        self.input_tokens += result.usage.input_tokens - result.usage.reused_input_tokens
+        self.output_tokens += result.usage.output_tokens - result.usage.reused_output_tokens
+
+
 @dataclass(frozen=True)
 class ShardOutcome:
     stored: int  # results stored by this delivery
     reused: int  # results found from an earlier delivery
     pending: int  # records to retry on a later delivery
     finalize_sent: bool = False
+    delivered: Delivered = field(default_factory=Delivered, compare=False)  # for the worker's metrics
 
 
 class ShardIncomplete(Exception):
     """Some records hit retryable endpoint failures; the message must come back."""
+
+    def __init__(self, message: str, delivered: Delivered | None = None) -> None:
+        super().__init__(message)
+        self.delivered = delivered or Delivered()  # what this delivery stored before handing the shard back
 
 
 class ShardProcessor:
@@ -76,7 +107,7 @@ class ShardProcessor:
         job = self._jobs.get_job(shard.job_id)
         if job is not None and job.status == JobStatus.FINALIZING:
             # A redelivery after the switch: the finalize request may have been lost, ask again.
-            return ShardOutcome(0, shard.lines, 0, resume_finalize(self._jobs, self._finalize, job.job_id, job.status))
+            return ShardOutcome(0, shard.lines, 0, resume_finalize(self._jobs, self._finalize, job))
         if job is None or job.status not in ACTIVE:
             logger.info("shard of a job that is not running", extra={"job_id": shard.job_id, "shard": shard.shard})
             return ShardOutcome(0, 0, 0)
@@ -94,6 +125,7 @@ class ShardProcessor:
     def _run(self, shard: Shard, job: Job, final_attempt: bool, keep_going: Callable[[], bool]) -> ShardOutcome:
         last_line = shard.first_line + shard.lines - 1
         known = {r.line: r for r in self._results.results(shard.job_id, shard.first_line, last_line)}
+        delivered = Delivered()
         try:
             lines = self._lines(shard)
         except InputUnreadable as error:
@@ -102,7 +134,8 @@ class ShardProcessor:
             for line in range(shard.first_line, last_line + 1):
                 if line not in known:
                     known[line] = _traced(shard, failed(line, shard.default_id(line), "input_unreadable", str(error)))
-                    self._results.put_result(shard.job_id, known[line])
+                    if self._results.put_result(shard.job_id, known[line]):
+                        delivered.add(known[line])
         todo = [(line, raw) for line, raw in lines if line not in known]
         stop = StopCheck(self._jobs, job, self._stop_check_seconds)
 
@@ -115,7 +148,8 @@ class ShardProcessor:
                 return None
             try:
                 return self._runner.run(line, raw, job.parameters, job.fit, shard.default_id(line),
-                                        self._results.call_cache(shard.job_id, line))
+                                        self._results.call_cache(shard.job_id, line),
+                                        input_format=shard.input_format, input_format_line=shard.input_format_line)
             except RetryLater as error:
                 if final_attempt:
                     return failed(line, error.record_id, f"endpoint_{error.error.kind.value}",
@@ -139,9 +173,11 @@ class ShardProcessor:
                 pending += 1
                 continue
             stored += was_stored
+            if was_stored:
+                delivered.add(result)
             known[result.line] = result
         if pending:
-            raise ShardIncomplete(f"{pending} of {shard.lines} records of shard {shard.shard} must be retried")
+            raise ShardIncomplete(f"{pending} of {shard.lines} records of shard {shard.shard} must be retried", delivered)
 
         counts = ShardCounts()
         for result in known.values():
@@ -153,7 +189,7 @@ class ShardProcessor:
             extra={"job_id": shard.job_id, "shard": shard.shard, "stored": stored, "reused": shard.lines - len(todo),
                    "not_run": counts.cancelled + counts.expired},
         )
-        return ShardOutcome(stored, shard.lines - len(todo), 0, finalize_sent)
+        return ShardOutcome(stored, shard.lines - len(todo), 0, finalize_sent, delivered)
 
     def _store(self, shard: Shard, result: ResultLine) -> tuple[ResultLine, bool]:
         """Store one line's result. A result that cannot be stored as it is becomes the line's `internal_error`

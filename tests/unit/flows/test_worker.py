@@ -168,8 +168,8 @@ def test_only_the_last_shard_sends_the_finalize_message(make_pipeline: MakePipel
     assert job_of(aws, "j").status is JobStatus.FINALIZING
 
 
-def test_a_redelivered_shard_of_a_finalizing_job_asks_for_the_finalize_again(make_pipeline: MakePipeline) -> None:
-    # Given a job whose last shard switched it to FINALIZING (the finalize request may since have been lost)
+def test_a_redelivered_shard_of_a_finalizing_job_sends_no_second_finalize_request(make_pipeline: MakePipeline) -> None:
+    # Given a job whose last shard switched it to FINALIZING and sent its finalize request
     pipeline = make_pipeline(shard_records=1)
     aws = pipeline.aws
     shards = submit(pipeline, prompts(2))
@@ -177,9 +177,9 @@ def test_a_redelivered_shard_of_a_finalizing_job_asks_for_the_finalize_again(mak
         pipeline.worker.process(shard)
     # When the last shard is delivered again
     outcome = pipeline.worker.process(shards[-1])
-    # Then it calls nothing and asks for the finalize again (the finalizer closes the job once)
-    assert outcome.finalize_sent and outcome.stored == 0
-    assert aws.finalize.messages(FinalizeRequest) == [FinalizeRequest(job_id="j")] * 2
+    # Then it calls nothing and sends no second request
+    assert not outcome.finalize_sent and outcome.stored == 0
+    assert aws.finalize.messages(FinalizeRequest) == [FinalizeRequest(job_id="j")]
 
 
 def test_racing_shards_send_exactly_one_finalize_message(make_pipeline: MakePipeline) -> None:

@@ -18,7 +18,7 @@ from sagebatch.adapters.objects import S3ObjectStore
 from sagebatch.adapters.results import DynamoResultStore
 from sagebatch.domain.job import FINISHED, JobStatus
 from sagebatch.tooling.emulator.server import Emulator, EmulatorConfig
-from sagebatch.domain.layout import manifest_key, results_key
+from sagebatch.domain.layout import errors_key, manifest_key, results_key
 from sagebatch.usecases.intake import S3Drop, retry_job_id
 from sagebatch.tooling.local.runner import EventSourcePoller
 from sagebatch.tooling.local.stack import REGION, LocalStack, moto_requests_one_at_a_time, use_fake_aws_environment
@@ -150,6 +150,8 @@ def run_file(path: Path, out_dir: Path, timeout_s: float = 600, emulator: Emulat
         (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         if status != JobStatus.FAILED:  # COMPLETED, or CANCELLED / EXPIRED with the results done so far
             (out_dir / "results.jsonl").write_bytes(run.read(results_key(job_id)))
+            if manifest.get("errors"):  # the OpenAI output format's error file
+                (out_dir / "errors.jsonl").write_bytes(run.read(errors_key(job_id)))
         stats = run.stack.emulator_server.emulator.stats
         manifest["_local"] = {
             "emulator_requests": stats.requests,

@@ -1,0 +1,114 @@
+"""WorkerInvocation: one invocation of the worker, keeping the environment's endpoint slots full across shard and
+batch boundaries.
+
+The SQS event source hands an invocation a batch of shard messages. They run at the same time: their records
+share the environment's record pool and its limiter, so a shard's slow last records never leave slots idle while
+another shard has records waiting. While the invocation has time and few records are waiting for a slot, it takes
+more shards from the work queue itself (`WorkSource`), runs them the same way and deletes each when done; the
+endpoint does not wait for the next batch, and the tail of idle slots comes once per invocation (minutes), not once
+per shard. A shard that cannot finish in this invocation goes back: an event record as a batch item failure, a
+message taken here by being made visible again (its receive count goes on, as for any redelivery).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+
+from sagebatch.domain.messages import Shard
+from sagebatch.observability import logger
+from sagebatch.ports import WorkItem, WorkSource
+from sagebatch.usecases.worker import ShardOutcome, ShardProcessor
+
+# maxReceiveCount is 5: on the 4th delivery retryable failures are recorded as failed results, leaving one spare
+# delivery for a crash, so no record waits in the DLQ without a result.
+FINAL_ATTEMPT_RECEIVE_COUNT = 4
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A shard message this invocation holds: one of its event's records (`item` None) or one it took itself."""
+
+    message_id: str
+    body: str
+    receive_count: int
+    item: WorkItem | None = None
+
+
+@dataclass
+class InvocationReport:
+    failed_message_ids: set[str]  # the event's own records to hand back (batchItemFailures)
+    outcomes: list[tuple[Delivery, ShardOutcome | None, BaseException | None]]
+    taken: int = 0  # shards taken from the queue by this invocation
+
+
+class WorkerInvocation:
+    def __init__(
+        self,
+        processor: ShardProcessor,
+        source: WorkSource | None,
+        max_shards: int = 16,
+        on_shard: Callable[[Delivery, ShardOutcome | None, BaseException | None, float], None] | None = None,
+    ):
+        self._processor = processor
+        self._source = source
+        self._max_shards = max(1, max_shards)
+        self._pool = ThreadPoolExecutor(max_workers=self._max_shards, thread_name_prefix="shard")
+        self._on_shard = on_shard
+
+    def run(
+        self,
+        deliveries: list[Delivery],
+        keep_going: Callable[[], bool],
+        wants_more: Callable[[], bool] = lambda: False,
+        clock: Callable[[], float] | None = None,
+    ) -> InvocationReport:
+        """Run the event's shards, and more from the queue while `keep_going()` and `wants_more()` allow."""
+        now = clock or time.monotonic
+        waiting: deque[Delivery] = deque(deliveries)
+        running: dict[Future[ShardOutcome], tuple[Delivery, float]] = {}
+        report = InvocationReport(set(), [])
+        while waiting or running:
+            while waiting and len(running) < self._max_shards:
+                delivery = waiting.popleft()
+                running[self._pool.submit(self._process, delivery, keep_going)] = (delivery, now())
+            if self._source is not None and not waiting and len(running) < self._max_shards and keep_going() and wants_more():
+                taken = self._source.receive(min(10, self._max_shards - len(running)))
+                report.taken += len(taken)
+                waiting.extend(Delivery(i.message_id, i.body, i.receive_count, i) for i in taken)
+                if taken:
+                    continue
+            finished, _ = wait(running, timeout=0.2, return_when=FIRST_COMPLETED)
+            for future in finished:
+                delivery, started = running.pop(future)
+                error = future.exception()
+                if error is not None and not isinstance(error, Exception):
+                    raise error  # the process is going down (a crash): the whole invocation fails, as Lambda sees it
+                outcome = None if error is not None else future.result()
+                self._settle(delivery, error, report)
+                report.outcomes.append((delivery, outcome, error))
+                if self._on_shard is not None:
+                    self._on_shard(delivery, outcome, error, now() - started)
+        return report
+
+    def _process(self, delivery: Delivery, keep_going: Callable[[], bool]) -> ShardOutcome:
+        shard = Shard.model_validate_json(delivery.body)
+        return self._processor.process(
+            shard, final_attempt=delivery.receive_count >= FINAL_ATTEMPT_RECEIVE_COUNT, keep_going=keep_going
+        )
+
+    def _settle(self, delivery: Delivery, error: BaseException | None, report: InvocationReport) -> None:
+        if error is not None:
+            logger.info("shard handed back", extra={"message_id": delivery.message_id, "reason": type(error).__name__})
+        if delivery.item is None:
+            if error is not None:
+                report.failed_message_ids.add(delivery.message_id)
+            return
+        assert self._source is not None
+        if error is None:
+            self._source.done(delivery.item)
+        else:
+            self._source.release(delivery.item)
