@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TOOLS_STAMP := $(TOOLS)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test unit tooling bench bench-tokenize bench-calibration bench-saturation bench-layer clean setup
+.PHONY: run test lint unit tooling bench bench-tokenize bench-calibration bench-saturation bench-layer clean setup
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,8 +28,15 @@ setup: $(STAMP) $(TOOLS_STAMP)
 run: $(STAMP)
 	$(VENV)/bin/sagebatch run examples/prompts.jsonl --out out/prompts
 
-## make test: install everything, run the whole suite including cfn-lint, sam validate --lint, sam build, checkov
-test: $(STAMP) $(TOOLS_STAMP)
+## make lint: ruff (lint + format check), mypy (strict on the domain, the ports and the use cases), import contracts
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	PYTHONPATH=shared $(VENV)/bin/lint-imports --no-cache
+
+## make test: install everything, lint, and run the whole suite including cfn-lint, sam validate --lint, sam build, checkov
+test: $(STAMP) $(TOOLS_STAMP) lint
 	PATH="$(CURDIR)/$(TOOLS)/bin:$$PATH" $(PY) -m pytest -n 2 --dist loadfile -q
 
 unit: $(STAMP)

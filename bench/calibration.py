@@ -32,6 +32,7 @@ import sys
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != os.path.dirname(os.path.abspath(__file__))]
 
 import argparse
+import json
 import math
 import statistics
 import threading
@@ -206,7 +207,7 @@ def client_duties(b_eff: float, spread: str) -> list[float]:
     if spread == "uniform":
         n = math.ceil(b_eff - 1e-9)
         return [b_eff / n] * n
-    full = int(math.floor(b_eff + 1e-9))
+    full = math.floor(b_eff + 1e-9)
     frac = b_eff - full
     return [1.0] * full + ([frac] if frac > 1e-6 else [])
 

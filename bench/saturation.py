@@ -219,7 +219,7 @@ def run_adaptive(records: list[int], mode: str, workers: int, threads_per_worker
         result.retries = sum(s.retries for s in stats)
         result.soft_signals = sum(s.soft_signals for s in stats)
         stores = {id(c.limiter.store): c.limiter for c in callers}  # one entry when shared
-        result.final_limit = round(sum(l.limit for l in stores.values()), 2)
+        result.final_limit = round(sum(store.limit for store in stores.values()), 2)
         return result
 
 

@@ -48,6 +48,7 @@ from sagebatch.settings import Settings
 from sagebatch.usecases.finalize import Finalizer, ResultsIncomplete
 from sagebatch.usecases.intake import Intake, IntakeOutcome
 from sagebatch.usecases.lease import Busy
+from sagebatch.usecases.parts import PartsResultStore
 from sagebatch.usecases.record_runner import RecordRunner
 from sagebatch.usecases.worker import ShardIncomplete, ShardProcessor
 
@@ -161,32 +162,12 @@ class InMemoryJobStore:
 
 
 # -- results ------------------------------------------------------------------------------------
-class InMemoryResultStore:
-    """sagebatch.ports.ResultStore over dicts, results of any size kept as JSON (as DynamoResultStore keeps them)."""
+class InMemoryCallCacheStore:
+    """sagebatch.ports.CallCacheStore over a dict (the chunk answers DynamoCallCacheStore keeps as items)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._results: dict[str, dict[int, str]] = {}
         self._calls: dict[tuple[str, int, str], Generation] = {}
-
-    def put_result(self, job_id: str, result: ResultLine) -> bool:
-        body = result.model_dump_json()
-        with self._lock:
-            lines = self._results.setdefault(job_id, {})
-            if result.line in lines:
-                return False
-            lines[result.line] = body
-            return True
-
-    def results(self, job_id: str, first_line: int = 1, last_line: int | None = None) -> Iterator[ResultLine]:
-        with self._lock:
-            lines = self._results.get(job_id, {})
-            if last_line is not None and last_line - first_line < len(lines):  # a shard's range: look each line up
-                bodies = [lines[n] for n in range(first_line, last_line + 1) if n in lines]
-            else:
-                bodies = [lines[n] for n in sorted(lines) if n >= first_line and (last_line is None or n <= last_line)]
-        for body in bodies:
-            yield ResultLine.model_validate_json(body)
 
     def call_cache(self, job_id: str, line: int) -> InMemoryCallCache:
         return InMemoryCallCache(self, job_id, line)
@@ -204,7 +185,7 @@ class InMemoryResultStore:
 class InMemoryCallCache:
     """The chunk answers of one record (sagebatch.ports.CallCache)."""
 
-    def __init__(self, store: InMemoryResultStore, job_id: str, line: int) -> None:
+    def __init__(self, store: InMemoryCallCacheStore, job_id: str, line: int) -> None:
         self._store, self._job_id, self._line = store, job_id, line
 
     def get(self, key: str) -> Generation | None:
@@ -740,7 +721,8 @@ class FakeAws:
 
     settings: Settings
     jobs: InMemoryJobStore
-    results: InMemoryResultStore
+    results: PartsResultStore  # the real parts store, over the fake object store
+    calls: InMemoryCallCacheStore
     leases: InMemoryLeaseStore
     objects: InMemoryObjectStore
     work: InMemoryQueue
@@ -758,10 +740,12 @@ class FakeAws:
         settings = settings or fake_settings()
         objects = InMemoryObjectStore()
         objects.create_bucket(settings.bucket_name, versioned=True)
+        calls = InMemoryCallCacheStore()
         return cls(
             settings=settings,
             jobs=InMemoryJobStore(clock),
-            results=InMemoryResultStore(),
+            results=PartsResultStore(objects, settings.bucket_name, calls),
+            calls=calls,
             leases=InMemoryLeaseStore(clock),
             objects=objects,
             work=InMemoryQueue(settings.work_queue_url or "work"),
@@ -842,6 +826,7 @@ def build_pipeline(
             record_pool,
             settings.stop_check_seconds,
             settings.lease_seconds,
+            settings.checkpoint_seconds,
         ),
         finalizer=Finalizer(aws.jobs, aws.results, aws.objects, settings, events=aws.events),
         runner=runner,
@@ -919,8 +904,8 @@ if TYPE_CHECKING:  # the fakes implement the ports (checked by mypy, nothing at 
     from sagebatch import ports
 
     _jobs: ports.JobStore = InMemoryJobStore()
-    _results: ports.ResultStore = InMemoryResultStore()
-    _cache: ports.CallCache = InMemoryCallCache(InMemoryResultStore(), "", 1)
+    _calls: ports.CallCacheStore = InMemoryCallCacheStore()
+    _cache: ports.CallCache = InMemoryCallCache(InMemoryCallCacheStore(), "", 1)
     _leases: ports.LeaseStore = InMemoryLeaseStore()
     _lease: ports.Lease = InMemoryLease(InMemoryLeaseStore(), "", "")
     _objects: ports.ObjectStore = InMemoryObjectStore()

@@ -14,8 +14,10 @@ from pydantic import BaseModel
 
 from sagebatch.domain.events import JobStateChange
 from sagebatch.domain.generation import Generation
-from sagebatch.domain.job import Job, JobStatus, ShardCounts, StopReason
-from sagebatch.domain.results import ResultLine, ResultUnstorable  # noqa: F401 - part of the port's contract
+from sagebatch.domain.job import Job, JobStatus, ShardCounts
+from sagebatch.domain.results import ResultLine, ResultUnstorable, StopReason
+
+__all__ = ["ResultUnstorable"]  # part of the ports' contract, re-exported for the use cases
 
 
 # -- endpoint ---------------------------------------------------------------------------------
@@ -85,18 +87,29 @@ class CallCache(Protocol):
     def put(self, key: str, result: Generation) -> None: ...
 
 
+class CallCacheStore(Protocol):
+    def call_cache(self, job_id: str, line: int) -> CallCache: ...
+
+
 class ResultStore(Protocol):
-    """Each record's result, written once, whatever its size."""
+    """A job's results, one part per shard (sagebatch.usecases.parts): nothing per record in the job table.
 
-    def put_result(self, job_id: str, result: ResultLine) -> bool:
-        """Store a record's result once; False when one was already stored (the first is kept).
+    Encoded results are `domain.results.encode_result` lines. Read and write failures are the store's (throttling,
+    5xx): the caller tries again later.
+    """
 
-        Raises ResultUnstorable when the result itself cannot be stored; any other error is the store's
-        (throttling, 5xx) and the caller should try again later."""
+    def load_shard(self, job_id: str, shard: int) -> dict[int, bytes]:
+        """What earlier deliveries kept of this shard, by line (its part, else its checkpoint)."""
         ...
 
-    def results(self, job_id: str, first_line: int = 1, last_line: int | None = None) -> Iterator[ResultLine]:
-        """Stored results in line order (a range, or the whole job)."""
+    def save_checkpoint(self, job_id: str, shard: int, encoded: list[bytes]) -> None: ...
+
+    def save_part(self, job_id: str, shard: int, encoded_in_line_order: list[bytes]) -> None: ...
+
+    def read_part(self, job_id: str, shard: int) -> list[ResultLine]: ...
+
+    def results(self, job_id: str) -> Iterator[ResultLine]:
+        """The results of the job's finished shards so far, in line order."""
         ...
 
     def call_cache(self, job_id: str, line: int) -> CallCache: ...

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from sagebatch.domain.cost import DEFAULT_ENDPOINT_HOURLY_PRICE
 from sagebatch.domain.limits import (
     DEFAULT_JOB_DEADLINE_S,
     DEFAULT_MAX_NEW_TOKENS,
@@ -64,6 +65,8 @@ class Settings(BaseSettings):
     default_max_new_tokens: int = Field(DEFAULT_MAX_NEW_TOKENS, ge=1)
     endpoint_max_concurrency: int = Field(ENDPOINT_MAX_CONCURRENCY, ge=1)
     worker_max_concurrency: int = Field(8, ge=1)
+    # The endpoint's price per hour, all its instances (template.yaml's EndpointHourlyPrice): the manifest's cost.
+    endpoint_hourly_price: float = Field(DEFAULT_ENDPOINT_HOURLY_PRICE, ge=0)
 
     # Records per work message: small enough that one Lambda finishes a shard well inside
     # its timeout, large enough that a million-record job is ~30k messages, not a million.
@@ -80,6 +83,9 @@ class Settings(BaseSettings):
     # A shard's (or a job's enqueueing) lease: renewed every third of this while the work runs, so a crashed
     # holder's claim lapses within it and a redelivery takes over (sagebatch.usecases.lease).
     lease_seconds: float = Field(60.0, ge=1)
+    # How often a running shard's answers are checkpointed (usecases/parts.py): a crash costs at most this long of
+    # that shard's answers; 0 checkpoints every answer (one S3 PUT each).
+    checkpoint_seconds: float = Field(10.0, ge=0)
 
     # Where job messages may point their `input`, besides this stack's own bucket (always allowed).
     # The environment holds template.yaml's AllowedInputLocations verbatim: comma-separated s3://bucket/prefix.
@@ -123,4 +129,4 @@ class Settings(BaseSettings):
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    return Settings()  # type: ignore[call-arg]
+    return Settings()

@@ -16,7 +16,7 @@ from sagebatch.tooling.local.faults import (
     THROTTLED,
     fail_calls,
     fast_sdk_backoff,
-    result_line_of,
+    result_lines_of,
     s3_key_endswith,
 )
 from sagebatch.tooling.local.stack import REGION
@@ -25,17 +25,17 @@ from tests.faults.conftest import wait_until
 SDK_ATTEMPTS = 5  # adapters/clients.py: standard mode, total_max_attempts 5
 
 
-def test_dynamodb_throttling_below_the_attempt_limit_is_absorbed_by_the_sdk(harness):
+def test_throttling_below_the_attempt_limit_is_absorbed_by_the_sdk(harness):
     h = harness()
-    # Given a 12-line job, and DynamoDB throttling (ProvisionedThroughputExceededException) on the first
-    # 4 attempts of line 6's result write, 2 shard-completion transactions and 2 result queries
+    # Given a 12-line job, S3 throttling (SlowDown) on the first 4 attempts of the write that keeps line 6's
+    # result (its shard's checkpoint), and DynamoDB throttling on 2 shard-completion transactions and 2 job reads
     job = h.drop(12)
     with ExitStack() as faults, fast_sdk_backoff():
         rules = [
-            faults.enter_context(fail_calls("dynamodb", "PutItem", THROTTLED, times=SDK_ATTEMPTS - 1,
-                                            match=lambda sent: result_line_of(sent) == 6)),
+            faults.enter_context(fail_calls("s3", "PutObject", S3_SLOW_DOWN, times=SDK_ATTEMPTS - 1,
+                                            match=lambda sent: 6 in result_lines_of(sent))),
             faults.enter_context(fail_calls("dynamodb", "TransactWriteItems", THROTTLED, times=2)),
-            faults.enter_context(fail_calls("dynamodb", "Query", THROTTLED, times=2)),
+            faults.enter_context(fail_calls("dynamodb", "GetItem", THROTTLED, times=2)),
         ]
 
         # When the stack runs the job
@@ -44,26 +44,26 @@ def test_dynamodb_throttling_below_the_attempt_limit_is_absorbed_by_the_sdk(harn
     # Then the SDK's retries absorbed every fault: no item failed, no line was generated twice
     assert [r.fired for r in rules] == [SDK_ATTEMPTS - 1, 2, 2]
     assert h.run.poller.stats.item_failures == 0 and h.run.poller.stats.batch_failures == 0
-    h.check(job, fault="DynamoDB throttling < attempt limit", faults_tried=sum(r.fired for r in rules))
+    h.check(job, fault="S3 / DynamoDB throttling < attempt limit", faults_tried=sum(r.fired for r in rules))
 
 
-def test_persistent_dynamodb_throttling_fails_the_item_then_succeeds_on_redelivery(harness):
+def test_persistent_throttling_of_a_result_write_fails_the_item_then_succeeds_on_redelivery(harness):
     h = harness()
-    # Given a 12-line job, and DynamoDB throttling on every attempt of line 6's first result write
+    # Given a 12-line job, and S3 throttling on every attempt of the first write that keeps line 6's result
     # (all 5 SDK attempts of one call), which comes after the endpoint answered lines 5-8 (line 6's shard)
     job = h.drop(12)
-    answered = After(lambda: wait_until(lambda: all(job.generations()[line] for line in range(5, 9))), THROTTLED)
+    answered = After(lambda: wait_until(lambda: all(job.generations()[line] for line in range(5, 9))), S3_SLOW_DOWN)
 
     # When the stack runs the job
-    with fast_sdk_backoff(), fail_calls("dynamodb", "PutItem", answered, times=SDK_ATTEMPTS,
-                                        match=lambda sent: result_line_of(sent) == 6) as fault:
+    with fast_sdk_backoff(), fail_calls("s3", "PutObject", answered, times=SDK_ATTEMPTS,
+                                        match=lambda sent: 6 in result_lines_of(sent)) as fault:
         h.wait(job)
 
     # Then the shard was handed back as an item failure and completed on redelivery; line 6 cost at most one
     # more generation, and no other line was generated twice
     assert fault.fired == SDK_ATTEMPTS
     assert h.run.poller.stats.item_failures == 1
-    h.check(job, fault="DynamoDB throttling, persistent", faults_tried=fault.fired, allow={6: 2})
+    h.check(job, fault="S3 throttling of a result write, persistent", faults_tried=fault.fired, allow={6: 2})
 
 
 @pytest.mark.parametrize(

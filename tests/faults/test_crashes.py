@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from sagebatch.lambdas.handlers import CALL_TIME_RESERVE_MS
-from sagebatch.tooling.local.faults import InjectedCrash, ProcessKill, fail_calls, generations_per_line, result_line_of
+from sagebatch.tooling.local.faults import InjectedCrash, ProcessKill, fail_calls, generations_per_line, result_lines_of
 from sagebatch.tooling.local.runner import LambdaContext
 from tests.faults.conftest import wait_until
 
@@ -36,8 +36,8 @@ def test_a_worker_killed_mid_batch_reuses_what_it_stored_and_runs_the_rest_once(
     h.wrap("WorkerFunction", lambda_runtime)
 
     # When the stack runs the job (the killed batch is redelivered)
-    with fail_calls("dynamodb", "PutItem", lambda sent: kill.trigger("killed while storing line 3"),
-                    match=lambda sent: result_line_of(sent) == 3) as fault:
+    with fail_calls("s3", "PutObject", lambda sent: kill.trigger("killed while storing line 3"),
+                    match=lambda sent: 3 in result_lines_of(sent)) as fault:
         h.wait(job)
     kill.close()
 
@@ -55,8 +55,8 @@ def test_a_worker_killed_mid_batch_reuses_what_it_stored_and_runs_the_rest_once(
 
 def test_a_crash_between_the_answer_and_the_stored_result_costs_that_record_one_call(harness):
     h = harness()
-    # Given a 12-line job, and a crash of the DynamoDB PutItem of line 6's result (once), after the endpoint
-    # has answered every line of line 6's shard (lines 5-8)
+    # Given a 12-line job, and a crash of the first write that keeps line 6's result (its shard's checkpoint, once),
+    # after the endpoint has answered every line of line 6's shard (lines 5-8)
     job = h.drop(12)
 
     def crash(sent):
@@ -64,7 +64,7 @@ def test_a_crash_between_the_answer_and_the_stored_result_costs_that_record_one_
         raise InjectedCrash("crashed before storing line 6")
 
     # When the stack runs the job
-    with fail_calls("dynamodb", "PutItem", crash, match=lambda sent: result_line_of(sent) == 6) as fault:
+    with fail_calls("s3", "PutObject", crash, match=lambda sent: 6 in result_lines_of(sent)) as fault:
         h.wait(job)
 
     # Then the shard came back, line 6 cost at most one more call, and no other line was generated twice

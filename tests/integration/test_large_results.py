@@ -1,5 +1,5 @@
-"""Results of any size: a result line far larger than a DynamoDB item (400 KB) is stored beside the job in S3 and
-still written whole to results.jsonl."""
+"""Results of any size: a result line far larger than a DynamoDB item (400 KB) lives in its shard's part in S3 and is
+written whole to results.jsonl."""
 
 from __future__ import annotations
 
@@ -27,19 +27,19 @@ def test_a_result_larger_than_a_dynamodb_item_is_written_whole(stack):
     assert results[1]["id"] == long_id
 
 
-def test_a_large_result_lives_in_s3_beside_the_job_and_its_item_points_there(stack):
-    # Given the same kind of record
+def test_a_large_result_lives_in_its_shards_part_not_in_the_job_table(stack):
+    # Given a record whose result is 500 KB (a DynamoDB item holds 400 KB)
     long_id = "q" * 500_000
     job_id = stack.drop_file(jsonl({"id": long_id, "prompt": "b"}), "inputs/long-id-2.jsonl")
 
     # When the job runs
     stack.wait_for(job_id)
 
-    # Then the result object sits under outputs/<job>/records/, and the result store reads it back
-    keys = boto3.client("s3", region_name=REGION).list_objects_v2(Bucket=stack.stack.bucket, Prefix=f"outputs/{job_id}/records/")["Contents"]
-    assert len(keys) == 1
-    stored = json.loads(stack.read(keys[0]["Key"]))
-    assert stored["id"] == long_id
+    # Then the result sits in the shard's part under outputs/<job>/parts/, and the result store reads it back
+    keys = boto3.client("s3", region_name=REGION).list_objects_v2(Bucket=stack.stack.bucket, Prefix=f"outputs/{job_id}/parts/")
+    parts = [item["Key"] for item in keys["Contents"] if not item["Key"].endswith(".checkpoint.jsonl")]
+    assert parts == [f"outputs/{job_id}/parts/00000000.jsonl"]
+    assert json.loads(stack.read(parts[0]))["id"] == long_id
     assert [r.id for r in stack.result_store.results(job_id)] == [long_id]
 
 

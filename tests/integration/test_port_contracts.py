@@ -21,14 +21,15 @@ from sagebatch.adapters.jobs import DynamoJobStore
 from sagebatch.adapters.leases import DynamoLeaseStore
 from sagebatch.adapters.objects import S3ObjectStore
 from sagebatch.adapters.queues import SqsDeadLetterQueues, SqsMessageSender
-from sagebatch.adapters.results import DynamoResultStore
+from sagebatch.adapters.results import DynamoCallCacheStore
 from sagebatch.domain.generation import Generation
 from sagebatch.domain.job import InvalidTransition, Job, JobStatus, ShardCounts
 from sagebatch.domain.messages import FinalizeRequest
 from sagebatch.domain.parameters import Parameters
 from sagebatch.domain.records import FitSettings, Strategy
-from sagebatch.domain.results import RecordError, ResultLine, Usage
+from sagebatch.domain.results import RecordError, ResultLine, Usage, encode_result
 from sagebatch.fakes import FakeAws
+from sagebatch.usecases.parts import PartMissing, PartsResultStore
 from sagebatch.ports import (
     DeadLetterQueues,
     InputUnreadable,
@@ -118,7 +119,7 @@ def _aws_backend() -> Iterator[Backend]:
 
         yield Backend(
             jobs=DynamoJobStore(table),
-            results=DynamoResultStore(table, objects, stack.bucket),
+            results=PartsResultStore(objects, stack.bucket, DynamoCallCacheStore(table)),
             leases=DynamoLeaseStore(table),
             objects=objects,
             bucket=stack.bucket,
@@ -362,38 +363,58 @@ def test_jobs_are_listed_newest_first_by_creation_time_status_and_limit(backend:
     assert backend.jobs.list_jobs(status=JobStatus.RUNNING)[0].total_records == 1
 
 
-# -- ResultStore ---------------------------------------------------------------------------------
-def test_a_result_is_stored_once_and_the_first_is_kept(backend: Backend) -> None:
-    # Given a stored result
-    assert backend.results.put_result("job-1", result(1, "first"))
-    # When another result for the same line is stored
-    again = backend.results.put_result("job-1", result(1, "second"))
-    # Then it is refused and the first is kept
-    assert not again
-    assert [r.output for r in backend.results.results("job-1")] == ["first"]
+# -- ResultStore (parts over the object store; chunk answers in the call cache) ---------------------------------
+def encoded(*results: ResultLine) -> list[bytes]:
+    return [encode_result(r) for r in results]
 
 
-def test_results_come_back_in_line_order_within_a_range_and_a_job(backend: Backend) -> None:
-    # Given results of lines stored out of order (numbers that sort differently as text), and another job's
-    for line in (100, 2, 10, 1, 11):
-        backend.results.put_result("job-1", result(line))
-    backend.results.put_result("job-2", result(5))
-    # When all of them and ranges are read; Then in line order, bounds included, only the job's own
-    assert [r.line for r in backend.results.results("job-1")] == [1, 2, 10, 11, 100]
-    assert [r.line for r in backend.results.results("job-1", 2, 11)] == [2, 10, 11]
-    assert [r.line for r in backend.results.results("job-1", 11)] == [11, 100]
-    assert [r.line for r in backend.results.results("job-1", 3, 9)] == []
-    assert [r.line for r in backend.results.results("job-2")] == [5]
+def test_a_shard_part_comes_back_in_line_order_and_is_what_load_finds(backend: Backend) -> None:
+    # Given the part of shard 3 of a job
+    backend.results.save_part("job-1", 3, encoded(result(7), result(8), result(9)))
+    # When it is read, and loaded as a redelivery would
+    part = backend.results.read_part("job-1", 3)
+    loaded = backend.results.load_shard("job-1", 3)
+    # Then both give the three results, by line
+    assert [r.line for r in part] == [7, 8, 9]
+    assert sorted(loaded) == [7, 8, 9]
+
+
+def test_a_checkpoint_is_loaded_until_the_part_exists(backend: Backend) -> None:
+    # Given a shard with a checkpoint of two answers
+    backend.results.save_checkpoint("job-1", 0, encoded(result(1), result(3)))
+    before = sorted(backend.results.load_shard("job-1", 0))
+    # When its part is written with all three
+    backend.results.save_part("job-1", 0, encoded(result(1), result(2), result(3)))
+    # Then the checkpoint was loaded before, and the part after
+    assert before == [1, 3]
+    assert sorted(backend.results.load_shard("job-1", 0)) == [1, 2, 3]
+
+
+def test_a_shard_without_part_or_checkpoint_loads_nothing_and_reads_as_missing(backend: Backend) -> None:
+    # Given nothing stored for shard 5; Then a load finds nothing, and reading its part says it is missing
+    assert backend.results.load_shard("job-1", 5) == {}
+    with pytest.raises(PartMissing):
+        backend.results.read_part("job-1", 5)
+
+
+def test_the_finished_parts_of_a_job_come_back_in_line_order(backend: Backend) -> None:
+    # Given parts written out of order (and a checkpoint, and another job's part)
+    backend.results.save_part("job-1", 10, encoded(result(21), result(22)))
+    backend.results.save_part("job-1", 2, encoded(result(5), result(6)))
+    backend.results.save_checkpoint("job-1", 11, encoded(result(23)))
+    backend.results.save_part("job-2", 0, encoded(result(1)))
+    # When the job's results are read; Then only its parts, in shard (so line) order
+    assert [r.line for r in backend.results.results("job-1")] == [5, 6, 21, 22]
 
 
 def test_a_result_comes_back_as_it_was_stored(backend: Backend) -> None:
-    # Given results with every kind of field: string and integer ids, an error, notes, chunk outputs
+    # Given results with every kind of field: string and integer ids, an error, notes, chunk outputs, separators
     stored = [
         ResultLine(
-            id="rec-7",
+            id="rec-7\u2028x",
             line=1,
             status="succeeded",
-            output="é ü 😀",
+            output="é ü 😀 \u0085",
             finish_reason="length",
             usage=Usage(input_tokens=9, output_tokens=4),
             strategy="split",
@@ -408,20 +429,17 @@ def test_a_result_comes_back_as_it_was_stored(backend: Backend) -> None:
         ResultLine(id=2, line=2, status="failed", error=RecordError(type="invalid_json", message="bad")),
         ResultLine(id="2", line=3, status="cancelled", error=RecordError(type="cancelled", message="not run")),
     ]
-    for item in stored:
-        backend.results.put_result("job-1", item)
+    backend.results.save_part("job-1", 0, encoded(*stored))
     # When they are read back; Then each is equal to what was stored (types of ids included)
-    assert list(backend.results.results("job-1")) == stored
+    assert backend.results.read_part("job-1", 0) == stored
 
 
-def test_a_result_too_large_for_an_item_is_stored_whole(backend: Backend) -> None:
+def test_a_result_of_any_size_is_stored_whole(backend: Backend) -> None:
     # Given a result of about 1 MB (a split of a long document, say)
     big = result(1, "x" * 1_000_000, chunk_outputs=["y" * 100_000])
-    # When it is stored twice and read
-    first, second = backend.results.put_result("job-1", big), backend.results.put_result("job-1", result(1, "small"))
-    # Then it is stored once and comes back whole
-    assert (first, second) == (True, False)
-    assert list(backend.results.results("job-1")) == [big]
+    # When its shard's part is written and read; Then it comes back whole
+    backend.results.save_part("job-1", 0, encoded(big))
+    assert backend.results.read_part("job-1", 0) == [big]
 
 
 def test_a_call_cache_keeps_chunk_answers_per_record(backend: Backend) -> None:

@@ -70,7 +70,7 @@ class FakeUpstream:
 
     @property
     def url(self) -> str:
-        return "http://127.0.0.1:%d" % self._server.server_address[1]
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
 
     def bodies(self, path: str) -> list[Any]:
         return [body for _, p, body in self.requests if p == path]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Callable, Sequence
 
@@ -229,7 +230,7 @@ def test_split_sends_all_chunks_in_one_batch_in_order_with_overlap() -> None:
     # And chunks cover the document in order, each one starting inside the previous one
     chunks = [ids_in(chunk_of(c, "Summarize.")) for c in endpoint.calls]
     assert chunks[0][0] == 0 and chunks[-1][-1] == 299
-    for previous, current in zip(chunks, chunks[1:]):
+    for previous, current in itertools.pairwise(chunks):
         assert current == sorted(current)
         assert current[0] <= previous[-1] < current[-1]  # overlap, then progress
     # And the output joins the chunk outputs in order

@@ -144,12 +144,11 @@ class DynamoJobStore:
                     "Update": {
                         "TableName": self._table.name,
                         "Key": to_item({"pk": pk(job_id), "sk": "META"}),
-                        "UpdateExpression": "ADD shards_done :one, succeeded :s, failed :f, cancelled :c, expired :x, "
-                        "input_tokens :it, output_tokens :ot, endpoint_calls :ec, reused_calls :rc",
+                        # Every counter of ShardCounts (float ones, e.g. endpoint_seconds, as decimals).
+                        "UpdateExpression": "ADD shards_done :one, "
+                        + ", ".join(f"{name} :{name}" for name in ShardCounts.model_fields),
                         "ExpressionAttributeValues": to_item(
-                            {":one": 1, ":s": counts.succeeded, ":f": counts.failed, ":c": counts.cancelled,
-                             ":x": counts.expired, ":it": counts.input_tokens, ":ot": counts.output_tokens,
-                             ":ec": counts.endpoint_calls, ":rc": counts.reused_calls}
+                            {":one": 1, **{f":{name}": value for name, value in counts.model_dump().items()}}
                         ),
                     }
                 },

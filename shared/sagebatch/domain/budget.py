@@ -83,5 +83,5 @@ class BudgetExceeded(ValueError):
             message = f"{reason}: {message}"
         super().__init__(message)
 
-    def __reduce__(self):  # keep the exception picklable across process pools
+    def __reduce__(self) -> tuple[type[BudgetExceeded], tuple[int, int, TokenBudget, str | None]]:  # keep the exception picklable across process pools
         return (type(self), (self.input_tokens, self.max_new_tokens, self.budget, self.reason))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from sagebatch.domain.budget import BudgetExceeded, TokenBudget
 from sagebatch.domain.generation import Generation
@@ -234,7 +234,7 @@ class _Run:
         return results
 
     def outcome(
-        self, output: str, finish_reason: str, strategy: Strategy | None, requested: int, sent: int, **extra
+        self, output: str, finish_reason: str, strategy: Strategy | None, requested: int, sent: int, **extra: Any
     ) -> FitOutcome:
         return FitOutcome(
             output=output,
@@ -472,7 +472,7 @@ class _Run:
             calls.append(self._reduce_call(frame, group, max_new_tokens, pending))
         return calls, clipped
 
-    def _reduce_call(self, frame: _Frame, group: list[str], max_new_tokens: int, pending: list) -> Call:
+    def _reduce_call(self, frame: _Frame, group: list[str], max_new_tokens: int, pending: list[tuple[str, int]]) -> Call:
         # Sizes are additive estimates; if the rendered group is still too long,
         # move its last blocks back to the queue (a pair always fits by design).
         while True:

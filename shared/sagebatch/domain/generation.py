@@ -38,6 +38,9 @@ class EndpointError(Exception):
         self.original_status = original_status
         # Requests sent for this logical call, retries included (set by the caller when it gives up).
         self.attempts = 1
+        # Its attempts' share of the endpoint and of the worker's time, as for `Generation` (set with `attempts`).
+        self.endpoint_seconds = 0.0
+        self.worker_seconds = 0.0
 
     @property
     def retryable(self) -> bool:
@@ -54,3 +57,7 @@ class Generation:
     latency_ms: float = 0.0
     # Requests sent to get this answer, retries included (0: taken from the chunk cache, not sent again).
     attempts: int = 1
+    # The attempts' share of endpoint time and of the calling worker's time (sagebatch.endpoint.caller.ShareClock,
+    # README "Cost"): 0 when the caller does not measure them, or the answer came from the chunk cache.
+    endpoint_seconds: float = 0.0
+    worker_seconds: float = 0.0

@@ -77,6 +77,9 @@ class ShardCounts(BaseModel):
     output_tokens: int = 0
     endpoint_calls: int = 0  # requests sent, retries included
     reused_calls: int = 0  # chunk answers reused from an earlier delivery instead of being sent again
+    # The records' share of endpoint time, and of their workers' time (sagebatch.endpoint.share_clock, README "Cost").
+    endpoint_seconds: float = 0.0
+    worker_seconds: float = 0.0
 
     def add(self, result: ResultLine) -> None:
         setattr(self, result.status, getattr(self, result.status) + 1)
@@ -84,6 +87,8 @@ class ShardCounts(BaseModel):
         self.output_tokens += result.usage.output_tokens
         self.endpoint_calls += result.calls
         self.reused_calls += result.reused_calls
+        self.endpoint_seconds += result.endpoint_seconds
+        self.worker_seconds += result.worker_seconds
 
 
 class Job(ShardCounts):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
+from sagebatch.domain.cost import DEFAULT_ENDPOINT_HOURLY_PRICE, JobCounts, job_cost
 from sagebatch.domain.job import Job
 from sagebatch.domain.layout import errors_key, results_key, s3_uri
 
@@ -13,7 +14,9 @@ def iso_time(timestamp: float | None, timespec: str = "auto") -> str | None:
     return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec=timespec) if timestamp else None
 
 
-def build_manifest(job: Job, bucket: str, finished_at: float, status: str) -> dict[str, Any]:
+def build_manifest(
+    job: Job, bucket: str, finished_at: float, status: str, endpoint_hourly_price: float = DEFAULT_ENDPOINT_HOURLY_PRICE
+) -> dict[str, Any]:
     counts = {"total": job.total_records, "succeeded": job.succeeded, "failed": job.failed}
     if job.stop_reason is not None:
         # Only a stopped job can have records that never ran; other manifests keep the three counts.
@@ -32,6 +35,10 @@ def build_manifest(job: Job, bucket: str, finished_at: float, status: str) -> di
         "tokens": {"input": job.input_tokens, "output": job.output_tokens},
         "endpoint_calls": job.endpoint_calls,
         "reused_calls": job.reused_calls,
+        # The job's share of the endpoint's time, and the worker time its calls kept busy (README "Cost").
+        "endpoint_seconds": round(job.endpoint_seconds, 3),
+        "worker_seconds": round(job.worker_seconds, 3),
+        "cost": job_cost(job.endpoint_seconds, job_counts(job), endpoint_hourly_price),
         "timings": {
             "created_at": iso_time(job.created_at),
             "started_at": iso_time(job.started_at),
@@ -46,3 +53,9 @@ def build_manifest(job: Job, bucket: str, finished_at: float, status: str) -> di
         "parameters": job.parameters.model_dump(exclude_none=True),
         "fit": job.fit.model_dump() if job.fit else None,
     }
+
+
+def job_counts(job: Job) -> JobCounts:
+    """What the plumbing estimate reads from a job (domain.cost)."""
+    return JobCounts(records=job.total_records or 0, shards=job.total_shards or 0, endpoint_calls=job.endpoint_calls,
+                     output_tokens=job.output_tokens, worker_seconds=job.worker_seconds)

@@ -133,4 +133,5 @@ def parse_record(data: Any) -> InputRecord:
             f"found {present or 'none'}"
         )
     model = dict(_SHAPES)[present[0]]
-    return model.model_validate(data)
+    record: InputRecord = model.model_validate(data)  # type: ignore[assignment]  # the shapes are the union's members
+    return record

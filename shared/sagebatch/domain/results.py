@@ -53,10 +53,19 @@ class ResultLine(BaseModel):
     # Did the record name its id itself (else: its line, or a retry's inherited id)? Kept with the stored result
     # for the duplicate-id check at finalize; not written to results.jsonl.
     id_given: bool = False
+    # The record's share of endpoint time and of its worker's time, summed over the calls this result paid for
+    # (sagebatch.endpoint.share_clock; README "Cost"). Kept with the stored result, so that a shard counts it once
+    # whichever delivery made it; the job's totals are in manifest.json, not on each line of results.jsonl.
+    endpoint_seconds: float = 0.0
+    worker_seconds: float = 0.0
 
     def public_json(self) -> dict[str, Any]:
         """The result as results.jsonl shows it."""
-        return self.model_dump(mode="json", exclude={"id_given"})
+        return self.model_dump(mode="json", exclude=_PRIVATE)
+
+
+# Stored with a result, never written to results.jsonl.
+_PRIVATE = {"id_given", "endpoint_seconds", "worker_seconds"}
 
 
 RECORD_ADAPTER = TypeAdapter(ResultLine)
@@ -67,10 +76,13 @@ def printable(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def failed(line: int, record_id: Any, kind: str, message: str, usage: Usage | None = None, calls: int = 0) -> ResultLine:
+def failed(
+    line: int, record_id: Any, kind: str, message: str, usage: Usage | None = None, calls: int = 0,
+    endpoint_seconds: float = 0.0, worker_seconds: float = 0.0,
+) -> ResultLine:
     return ResultLine(
         id=record_id, line=line, status="failed", error=RecordError(type=kind, message=printable(message)),
-        usage=usage or Usage(), calls=calls,
+        usage=usage or Usage(), calls=calls, endpoint_seconds=endpoint_seconds, worker_seconds=worker_seconds,
     )
 
 

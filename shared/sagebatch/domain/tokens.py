@@ -100,7 +100,7 @@ class TokenSpans:
     """
 
     data: bytes
-    starts: array
+    starts: array[int]
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -188,7 +188,8 @@ class MistralTokenizer:
 
     def decode(self, ids: Sequence[int]) -> str:
         """Text of ``ids``; control ids (BOS, EOS) decode to nothing."""
-        return self._sp.decode(list(ids))
+        text: str = self._sp.decode(list(ids))
+        return text
 
     # -- offsets, for chunking ---------------------------------------------
 

@@ -24,6 +24,7 @@ from sagebatch.endpoint.limiter import (
     Signal,
 )
 from sagebatch.endpoint.retry import RetryBudget, RetryPolicy
+from sagebatch.endpoint.share_clock import ShareClock, Shares
 
 
 class SingleAttemptEndpoint(Protocol):
@@ -72,6 +73,7 @@ class AdaptiveCaller:
         clock: Clock | None = None,
         sleep: Callable[[float], None] = time.sleep,
         acquire_timeout_s: float | None = None,
+        endpoint_slots: int | None = None,
     ):
         self.endpoint = endpoint
         self.limiter = limiter
@@ -81,11 +83,16 @@ class AdaptiveCaller:
         self.acquire_timeout_s = acquire_timeout_s
         self._stats = CallerStats()
         self._lock = threading.Lock()
+        # Each attempt's share of the endpoint's time: this environment's slice of the endpoint (its limiter's cap over
+        # the endpoint's `endpoint_slots`; 1 when not given) split among its attempts in flight (README "Cost").
+        self.shares = ShareClock(self.clock, lambda: self.limiter.store.settings.max_inflight / endpoint_slots
+                                 if endpoint_slots else 1.0)
 
     def invoke(self, payload: dict[str, Any], cost_tokens: int) -> Generation:
         self._count("calls")
         tracker = self.retry_policy.begin()
         attempts = 0
+        spent = Shares()
         while True:
             try:
                 permit = self.limiter.acquire(cost_tokens, self.acquire_timeout_s)
@@ -95,9 +102,11 @@ class AdaptiveCaller:
             self._count("attempts")
             attempts += 1
             started = self.clock()
+            mark = self.shares.start()
             try:
                 generation = self.endpoint.invoke_once(payload)
             except EndpointError as error:
+                spent += self.shares.stop(mark)
                 permit.failure(error)
                 self._count_error(error)
                 decision = tracker.on_error(error)
@@ -106,20 +115,24 @@ class AdaptiveCaller:
                         self._count("retry_budget_exhausted")
                     self._count("failures")
                     error.attempts = attempts
+                    error.endpoint_seconds, error.worker_seconds = spent.endpoint_seconds, spent.worker_seconds
                     raise
                 self._count("retries")
                 self.sleep(decision.delay_s)
                 continue
             except BaseException as error:
+                self.shares.stop(mark)
                 permit.failure(error)
                 self._count("failures")
                 raise
             latency_ms = 1000.0 * (self.clock() - started)
+            spent += self.shares.stop(mark)
             signal = permit.success(generation.generated_tokens or None)
             self._count("successes")
             if signal is Signal.SOFT:
                 self._count("soft_signals")
-            return replace(generation, latency_ms=latency_ms, attempts=attempts)
+            return replace(generation, latency_ms=latency_ms, attempts=attempts,
+                           endpoint_seconds=spent.endpoint_seconds, worker_seconds=spent.worker_seconds)
 
     @property
     def stats(self) -> CallerStats:
@@ -162,4 +175,5 @@ def make_default_caller(
         store = InMemoryLimiterStore(settings)
     limiter = AdaptiveLimiter(store, clock=clock)
     policy = RetryPolicy(max_attempts=max_attempts, budget=RetryBudget())
-    return AdaptiveCaller(SageMakerEndpoint(client, endpoint_name), limiter, policy, clock=clock, sleep=sleep)
+    return AdaptiveCaller(SageMakerEndpoint(client, endpoint_name), limiter, policy, clock=clock, sleep=sleep,
+                          endpoint_slots=endpoint_max_concurrency)

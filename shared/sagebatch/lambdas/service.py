@@ -11,7 +11,7 @@ from sagebatch.adapters.jobs import DynamoJobStore
 from sagebatch.adapters.leases import DynamoLeaseStore
 from sagebatch.adapters.objects import S3ObjectStore
 from sagebatch.adapters.queues import SqsMessageSender
-from sagebatch.adapters.results import DynamoResultStore
+from sagebatch.adapters.results import DynamoCallCacheStore
 from sagebatch.domain.budget import TokenBudget
 from sagebatch.domain.tokens import get_tokenizer
 from sagebatch.endpoint.caller import make_default_caller
@@ -20,6 +20,7 @@ from sagebatch.lambdas.telemetry import MeteredCaller
 from sagebatch.settings import get_settings
 from sagebatch.usecases.finalize import Finalizer
 from sagebatch.usecases.intake import Intake
+from sagebatch.usecases.parts import PartsResultStore
 from sagebatch.usecases.record_runner import RecordRunner
 from sagebatch.usecases.worker import ShardProcessor
 
@@ -33,8 +34,8 @@ def jobs() -> DynamoJobStore:
     return DynamoJobStore(_table())
 
 
-def results() -> DynamoResultStore:
-    return DynamoResultStore(_table(), S3ObjectStore(client("s3")), get_settings().bucket_name)
+def results() -> PartsResultStore:
+    return PartsResultStore(S3ObjectStore(client("s3")), get_settings().bucket_name, DynamoCallCacheStore(_table()))
 
 
 def _sender(queue_url: str) -> SqsMessageSender:
@@ -96,6 +97,7 @@ def shard_processor() -> ShardProcessor:
         ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="record"),
         settings.stop_check_seconds,
         settings.lease_seconds,
+        settings.checkpoint_seconds,
     )
 
 

@@ -274,6 +274,34 @@ def redrive(
                            checked_queue_url(to), copy)
 
 
+# -- before a job: estimate (tooling/cli_estimate.py) ----------------------------------------------------------
+@app.command(help="Predict a file's endpoint calls, tokens, duration and cost before anything runs: the worker's own "
+                  "tokenizing and fitting, the calibrated TGI performance model, the stack's prices (README \"Cost\").")
+def estimate(
+    file: Annotated[Path, typer.Argument(metavar="FILE", help="JSONL file, one record per line", exists=True, dir_okay=False,
+                                         show_default=False)],
+    endpoint_instances: Annotated[int, typer.Option("--endpoint-instances", min=1, metavar="N",
+                                                    help="instances behind the endpoint (capacity and price x N)")] = 1,
+    param: Annotated[list[str] | None, typer.Option("--param", metavar="KEY=VALUE", show_default=False,
+                                                    help="a TGI generation parameter for every record, as for submit")] = None,
+    fit: Annotated[str | None, typer.Option("--fit", metavar="KEY=VALUE,...", show_default=False,
+                                            help="fit settings for long records, as for submit")] = None,
+    output_tokens: Annotated[str, typer.Option("--output-tokens", metavar="max|emulator|N",
+                                               help="expected answer length: max_new_tokens (an upper bound), the local "
+                                                    "emulator's, or N tokens a call")] = "max",
+    local: Annotated[bool, typer.Option("--local", help="predict `sagebatch run` on this machine (one worker "
+                                                         "environment) instead of the deployed stack")] = False,
+    instance_hourly_price: Annotated[float | None, typer.Option(
+        "--instance-hourly-price", metavar="USD", show_default=False,
+        help="one instance's price per hour (default: $SAGEBATCH_ENDPOINT_HOURLY_PRICE, else ml.g5.2xlarge's)")] = None,
+    as_json: Json = False,
+) -> int:
+    from sagebatch.tooling.cli_estimate import EstimateOptions, estimate_command
+
+    return estimate_command(EstimateOptions(file, endpoint_instances, tuple(param or ()), fit, output_tokens, local,
+                                            instance_hourly_price, as_json))
+
+
 # -- the endpoint (tooling/cli_endpoint.py) ----------------------------------------------------------------
 app.add_typer(endpoint_app, name="endpoint", help="Deploy, describe and delete the SageMaker endpoint the stack calls.")
 app.command("deploy-endpoint", help="The same as `sagebatch endpoint deploy` (kept for existing scripts).")(deploy_command)

@@ -11,37 +11,41 @@ Parts hold each result in its stored form (`encode_result`), one JSON line each,
 
 from __future__ import annotations
 
+import re
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
-from sagebatch.domain.layout import checkpoint_key, part_key
+from sagebatch.domain.layout import checkpoint_key, part_key, parts_prefix
 from sagebatch.domain.results import ResultLine, decode_result
-from sagebatch.ports import ObjectStore
+from sagebatch.ports import CallCache, CallCacheStore, ObjectStore
+
+_PART = re.compile(r"/\d{8}\.jsonl$")
 
 
 class PartMissing(Exception):
     """A shard counted as done has no part: the job's results are incomplete (not finalizable yet)."""
 
 
-class ShardResults:
-    """The parts and checkpoints of a job's shards, over the object store."""
+class PartsResultStore:
+    """sagebatch.ports.ResultStore over the object store (parts and checkpoints) and a call cache store."""
 
-    def __init__(self, objects: ObjectStore, bucket: str):
+    def __init__(self, objects: ObjectStore, bucket: str, calls: CallCacheStore):
         self._objects = objects
         self._bucket = bucket
+        self._calls = calls
 
-    def load(self, job_id: str, shard: int) -> dict[int, bytes]:
+    def load_shard(self, job_id: str, shard: int) -> dict[int, bytes]:
         """What earlier deliveries kept of this shard, by line: its part if written, else its checkpoint."""
         body = self._objects.read_if_exists(self._bucket, part_key(job_id, shard))
         if body is None:
             body = self._objects.read_if_exists(self._bucket, checkpoint_key(job_id, shard))
         return {decode_result(line).line: line for line in _lines(body or b"")}
 
-    def save_checkpoint(self, job_id: str, shard: int, encoded: Iterable[bytes]) -> None:
+    def save_checkpoint(self, job_id: str, shard: int, encoded: list[bytes]) -> None:
         self._objects.put_bytes(self._bucket, checkpoint_key(job_id, shard), _joined(encoded))
 
-    def save_part(self, job_id: str, shard: int, encoded_in_line_order: Iterable[bytes]) -> None:
+    def save_part(self, job_id: str, shard: int, encoded_in_line_order: list[bytes]) -> None:
         self._objects.put_bytes(self._bucket, part_key(job_id, shard), _joined(encoded_in_line_order))
 
     def read_part(self, job_id: str, shard: int) -> list[ResultLine]:
@@ -50,8 +54,14 @@ class ShardResults:
             raise PartMissing(f"job {job_id}: shard {shard} has no results part")
         return [decode_result(line) for line in _lines(body)]
 
-    def part_bytes(self, job_id: str, shard: int) -> bytes | None:
-        return self._objects.read_if_exists(self._bucket, part_key(job_id, shard))
+    def results(self, job_id: str) -> Iterator[ResultLine]:
+        """Every result of the job's finished shards, in line order (the parts written so far)."""
+        keys = [key for key in self._objects.keys(self._bucket, parts_prefix(job_id)) if _PART.search(key)]
+        for key in sorted(keys):
+            yield from (decode_result(line) for line in _lines(self._objects.read_bytes(self._bucket, key)))
+
+    def call_cache(self, job_id: str, line: int) -> CallCache:
+        return self._calls.call_cache(job_id, line)
 
 
 def _joined(lines: Iterable[bytes]) -> bytes:
@@ -96,22 +106,27 @@ class ShardBuffer:
             self.checkpoint(wait=False)
 
     def checkpoint(self, wait: bool = True) -> None:
-        """Write what is new since the last checkpoint (`wait=False`: unless another thread is writing)."""
+        """Write what is new since the last checkpoint. `wait=False`: leave it to a thread already writing, which
+        writes again once it is done if more came in meanwhile (so with `interval_s` 0 every answer is saved)."""
         if not self._writing.acquire(blocking=wait):
             return
         try:
-            with self._lock:
-                if not self._dirty:
-                    return
-                snapshot = [self._lines[line] for line in sorted(self._lines)]
-                self._dirty = False
-                self._saved_at = self._clock()
-            try:
-                self._save(snapshot)
-            except BaseException:
+            while True:
                 with self._lock:
-                    self._dirty = True
-                raise
+                    if not self._dirty:
+                        return
+                    snapshot = [self._lines[line] for line in sorted(self._lines)]
+                    self._dirty = False
+                    self._saved_at = self._clock()
+                try:
+                    self._save(snapshot)
+                except BaseException:
+                    with self._lock:
+                        self._dirty = True
+                    raise
+                with self._lock:
+                    if not (self._dirty and self._clock() - self._saved_at >= self._interval_s):
+                        return
         finally:
             self._writing.release()
 

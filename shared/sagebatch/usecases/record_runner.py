@@ -207,13 +207,14 @@ class RecordRunner:
         except OutsideTheLine as wrapped:
             raise wrapped.error from None
         except LineFailed as problem:
-            result = failed(line, record_id, problem.kind, problem.message, calls=sent.requests)
+            result = failed(line, record_id, problem.kind, problem.message, calls=sent.requests, **sent.shares())
         except Exception as error:  # our own bug: the line fails, the shard goes on
             logger.error(
                 "internal error on a line",
                 extra={"line": line, "error_class": type(error).__name__, "trace": traceback.format_tb(error.__traceback__)},
             )
-            result = failed(line, record_id, "internal_error", f"{type(error).__name__}: {error}", calls=sent.requests)
+            result = failed(line, record_id, "internal_error", f"{type(error).__name__}: {error}", calls=sent.requests,
+                            **sent.shares())
         return _noted(result, notes).model_copy(update={"id_given": given})
 
     def _answer(
@@ -277,6 +278,7 @@ class RecordRunner:
             notes=notes or None,
             calls=sent.requests,
             reused_calls=sent.reused,
+            **sent.shares(),
         )
 
     def _generate(
@@ -301,17 +303,18 @@ class RecordRunner:
                 },
             }
             key = _call_key(payload) if use_cache else ""
-            if use_cache and (known := _port(cache.get, key)) is not None:  # type: ignore[union-attr]
+            known: Generation | None = _port(cache.get, key) if cache is not None and use_cache else None
+            if known is not None:
                 sent.reuse(call.input_tokens, known.generated_tokens)
                 return known
             try:
                 result = self._caller.invoke(payload, cost_tokens=call.input_tokens)
             except EndpointError as error:  # classified: the caller decides (retry later, or the line fails)
-                sent.add(error.attempts)
+                sent.add(error.attempts, error.endpoint_seconds, error.worker_seconds)
                 raise
             except Exception as error:
                 raise OutsideTheLine(error) from error
-            sent.add(result.attempts)
+            sent.add(result.attempts, result.endpoint_seconds, result.worker_seconds)
             if use_cache:
                 _port(cache.put, key, result)  # type: ignore[union-attr]
             return result
@@ -350,10 +353,18 @@ class _Sent:
         self.reused = 0
         self.reused_input_tokens = 0
         self.reused_output_tokens = 0
+        self.endpoint_seconds = 0.0  # the requests' share of endpoint time (and of the worker's): README "Cost"
+        self.worker_seconds = 0.0
 
-    def add(self, requests: int) -> None:
+    def add(self, requests: int, endpoint_seconds: float = 0.0, worker_seconds: float = 0.0) -> None:
         with self._lock:
             self.requests += requests
+            self.endpoint_seconds += endpoint_seconds
+            self.worker_seconds += worker_seconds
+
+    def shares(self) -> dict[str, float]:
+        with self._lock:
+            return {"endpoint_seconds": round(self.endpoint_seconds, 6), "worker_seconds": round(self.worker_seconds, 6)}
 
     def reuse(self, input_tokens: int, output_tokens: int) -> None:
         with self._lock:
@@ -367,4 +378,8 @@ def _json_kind(value: Any) -> str:
         return "a boolean"
     if isinstance(value, float):
         return f"a number with a fraction ({value!r})" if value == value else "NaN"
-    return {dict: "an object", list: "an array"}.get(type(value), type(value).__name__)
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "an array"
+    return type(value).__name__

@@ -1,8 +1,9 @@
-"""ShardProcessor: run one work shard's records through the endpoint, store each result once, count the shard once.
+"""ShardProcessor: run one work shard's records through the endpoint, store its results as one part, count it once.
 
-Idempotent on business keys (job id + line), not SQS message ids: results already stored by an
-earlier delivery are reused, never regenerated, and the job's counters move only when the
-shard's marker item is created.
+Idempotent on business keys (job id + shard + line), not SQS message ids: results an earlier delivery kept (its
+checkpoint, or the shard's part) are reused, never regenerated, and the job's counters move only when the shard's
+marker item is created. While the shard runs, its answers are checkpointed at most every `checkpoint_seconds`
+and whenever the delivery hands records back (usecases/parts.py).
 
 A stopped job (cancelled, or past its deadline) is checked before each record starts: records already
 in flight finish and are stored as usual, the others get a `cancelled`/`expired` result without a call,
@@ -18,7 +19,7 @@ from typing import Callable
 from sagebatch.domain.encoding import UTF8_BOM
 from sagebatch.domain.job import ACTIVE, Job, JobStatus, ShardCounts
 from sagebatch.domain.messages import Shard
-from sagebatch.domain.results import ResultLine, failed
+from sagebatch.domain.results import ResultLine, ResultUnstorable, decode_result, encode_result, failed
 from sagebatch.observability import logger
 from sagebatch.ports import (
     InputUnreadable,
@@ -28,11 +29,11 @@ from sagebatch.ports import (
     ObjectInfo,
     ObjectStore,
     ResultStore,
-    ResultUnstorable,
 )
 from sagebatch.usecases.control.stop import StopCheck
 from sagebatch.usecases.finishing import begin_finalize, resume_finalize
 from sagebatch.usecases.lease import Lease
+from sagebatch.usecases.parts import ShardBuffer
 from sagebatch.usecases.record_runner import RecordRunner, RetryLater
 
 
@@ -91,6 +92,7 @@ class ShardProcessor:
         record_pool: ThreadPoolExecutor,
         stop_check_seconds: float = 1.0,
         lease_seconds: float = 60.0,
+        checkpoint_seconds: float = 10.0,
     ):
         self._jobs = jobs
         self._results = results
@@ -101,6 +103,7 @@ class ShardProcessor:
         self._pool = record_pool
         self._stop_check_seconds = stop_check_seconds
         self._lease_seconds = lease_seconds
+        self._checkpoint_seconds = checkpoint_seconds
 
     def process(self, shard: Shard, final_attempt: bool = False, keep_going: Callable[[], bool] = lambda: True) -> ShardOutcome:
         """Process the shard. On `final_attempt`, retryable failures are stored as failed results instead of retried."""
@@ -123,8 +126,13 @@ class ShardProcessor:
             return self._run(shard, job, final_attempt, lambda: keep_going() and lease.held)
 
     def _run(self, shard: Shard, job: Job, final_attempt: bool, keep_going: Callable[[], bool]) -> ShardOutcome:
-        last_line = shard.first_line + shard.lines - 1
-        known = {r.line: r for r in self._results.results(shard.job_id, shard.first_line, last_line)}
+        job_id, last_line = shard.job_id, shard.first_line + shard.lines - 1
+        buffer = ShardBuffer(
+            lambda encoded: self._results.save_checkpoint(job_id, shard.shard, encoded),
+            self._results.load_shard(job_id, shard.shard),
+            self._checkpoint_seconds,
+        )
+        reused = sum(1 for line in range(shard.first_line, last_line + 1) if line in buffer)
         delivered = Delivered()
         try:
             lines = self._lines(shard)
@@ -132,11 +140,9 @@ class ShardProcessor:
             # The input changed or vanished after intake: each line fails with the reason, none is lost.
             lines = []
             for line in range(shard.first_line, last_line + 1):
-                if line not in known:
-                    known[line] = _traced(shard, failed(line, shard.default_id(line), "input_unreadable", str(error)))
-                    if self._results.put_result(shard.job_id, known[line]):
-                        delivered.add(known[line])
-        todo = [(line, raw) for line, raw in lines if line not in known]
+                if line not in buffer:
+                    delivered.add(self._keep(buffer, shard, failed(line, shard.default_id(line), "input_unreadable", str(error))))
+        todo = [(line, raw) for line, raw in lines if line not in buffer]
         stop = StopCheck(self._jobs, job, self._stop_check_seconds)
 
         def answer(line: int, raw: bytes) -> ResultLine | None:
@@ -148,7 +154,7 @@ class ShardProcessor:
                 return None
             try:
                 return self._runner.run(line, raw, job.parameters, job.fit, shard.default_id(line),
-                                        self._results.call_cache(shard.job_id, line),
+                                        self._results.call_cache(job_id, line),
                                         input_format=shard.input_format, input_format_line=shard.input_format_line)
             except RetryLater as error:
                 if final_attempt:
@@ -156,52 +162,54 @@ class ShardProcessor:
                                   f"gave up after retries: {error.error.message}")
                 return None
 
-        def run_and_store(item: tuple[int, bytes]) -> tuple[ResultLine | None, bool]:
-            # Stored as soon as it exists: if another record's store fails, answers already paid for are kept.
+        def run_and_keep(item: tuple[int, bytes]) -> ResultLine | None:
             result = answer(*item)
-            if result is None:
-                return None, False
-            return self._store(shard, _traced(shard, result))
+            return None if result is None else self._keep(buffer, shard, result)
 
-        futures = [self._pool.submit(run_and_store, item) for item in todo]
-        wait(futures)  # every record finishes (and is stored) before any error is raised
-        stored = 0
+        futures = [self._pool.submit(run_and_keep, item) for item in todo]
+        wait(futures)  # every record finishes (and is kept) before any error is raised
         pending = 0
-        for future in futures:
-            result, was_stored = future.result()  # re-raises the first failed store: the message comes back
-            if result is None:
-                pending += 1
-                continue
-            stored += was_stored
-            if was_stored:
-                delivered.add(result)
-            known[result.line] = result
+        try:
+            for future in futures:
+                result = future.result()  # re-raises a failed checkpoint: the message comes back
+                if result is None:
+                    pending += 1
+                else:
+                    delivered.add(result)
+        finally:
+            if pending or any(future.exception() for future in futures):
+                buffer.checkpoint()  # what this delivery paid for is kept for the next one
         if pending:
             raise ShardIncomplete(f"{pending} of {shard.lines} records of shard {shard.shard} must be retried", delivered)
 
+        encoded = buffer.in_line_order()
+        self._results.save_part(job_id, shard.shard, encoded)
         counts = ShardCounts()
-        for result in known.values():
-            counts.add(result)
-        self._jobs.complete_shard(shard.job_id, shard.shard, counts)
-        finalize_sent = begin_finalize(self._jobs, self._finalize, shard.job_id)
+        for line in encoded:
+            counts.add(decode_result(line))
+        self._jobs.complete_shard(job_id, shard.shard, counts)
+        finalize_sent = begin_finalize(self._jobs, self._finalize, job_id)
         logger.info(
             "shard done",
-            extra={"job_id": shard.job_id, "shard": shard.shard, "stored": stored, "reused": shard.lines - len(todo),
+            extra={"job_id": job_id, "shard": shard.shard, "stored": len(todo), "reused": reused,
                    "not_run": counts.cancelled + counts.expired},
         )
-        return ShardOutcome(stored, shard.lines - len(todo), 0, finalize_sent, delivered)
+        return ShardOutcome(len(encoded) - reused, reused, 0, finalize_sent, delivered)
 
-    def _store(self, shard: Shard, result: ResultLine) -> tuple[ResultLine, bool]:
-        """Store one line's result. A result that cannot be stored as it is becomes the line's `internal_error`
-        result; any other store failure (throttling, 5xx) is not the line's: it propagates and the shard comes back."""
+    def _keep(self, buffer: ShardBuffer, shard: Shard, result: ResultLine) -> ResultLine:
+        """Keep one line's result in the shard's buffer. A result that cannot be stored as it is becomes the line's
+        `internal_error` result instead."""
+        result = _traced(shard, result)
         try:
-            return result, self._results.put_result(shard.job_id, result)
+            encoded = encode_result(result)
         except ResultUnstorable as error:
             logger.error("result could not be stored", extra={"job_id": shard.job_id, "line": result.line})
-            replacement = _traced(shard, failed(result.line, result.id, "internal_error",
-                                                f"the result could not be stored: {error}",
-                                                usage=result.usage, calls=result.calls))
-            return replacement, self._results.put_result(shard.job_id, replacement)
+            result = _traced(shard, failed(result.line, result.id, "internal_error", f"the result could not be stored: {error}",
+                                           usage=result.usage, calls=result.calls,
+                                           endpoint_seconds=result.endpoint_seconds, worker_seconds=result.worker_seconds))
+            encoded = encode_result(result)
+        buffer.add(result.line, encoded)
+        return result
 
     def _lines(self, shard: Shard) -> list[tuple[int, bytes]]:
         """The shard's lines (without newline) numbered from `first_line`."""

@@ -7,7 +7,7 @@ import pytest
 from sagebatch.domain.generation import ErrorKind
 from sagebatch.domain.job import Job, JobStatus
 from sagebatch.domain.layout import manifest_key, results_key
-from sagebatch.domain.results import ResultLine
+from sagebatch.domain.results import ResultLine, encode_result
 from sagebatch.fakes import FakeAws, Pipeline, drive
 from sagebatch.usecases.finalize import ResultsIncomplete
 
@@ -30,8 +30,8 @@ def finalizing_job(aws: FakeAws, lines: list[int], total: int) -> None:
             succeeded=len(lines),
         )
     )
-    for line in lines:
-        aws.results.put_result("j", ResultLine(id=line, line=line, status="succeeded", output="ok"))
+    # The job's one shard's part, holding `lines`
+    aws.results.save_part("j", 0, [encode_result(ResultLine(id=line, line=line, status="succeeded", output="ok")) for line in lines])
 
 
 def test_results_are_written_in_line_order_one_per_input_line(make_pipeline: MakePipeline) -> None:
@@ -74,7 +74,7 @@ def test_a_missing_result_refuses_to_finalize(pipeline: Pipeline, aws: FakeAws) 
     # When it is finalized; Then it refuses, names the line, writes nothing and stays FINALIZING
     with pytest.raises(ResultsIncomplete, match="line 2"):
         pipeline.finalizer.finalize("j")
-    assert aws.objects.keys(aws.settings.bucket_name, "outputs/") == []
+    assert aws.objects.keys(aws.settings.bucket_name, "outputs/") == ["outputs/j/parts/00000000.jsonl"]
     assert job_of(aws, "j").status is JobStatus.FINALIZING
 
 

@@ -15,7 +15,7 @@ from sagebatch.domain.parameters import Parameters
 from sagebatch.domain.records import FitSettings, Strategy
 from sagebatch.domain.results import ResultLine
 from sagebatch.domain.tokens import get_tokenizer
-from sagebatch.fakes import FakeEndpointCaller, InMemoryResultStore
+from sagebatch.fakes import FakeEndpointCaller, InMemoryCallCacheStore
 from sagebatch.usecases.record_runner import RecordRunner, RetryLater
 
 MAX_LINE_BYTES = 2048
@@ -180,7 +180,7 @@ def test_a_split_record_redelivered_reuses_its_stored_chunk_answers(
     # Given a small context, a prompt several chunks long to split, and chunk answers kept per record
     runner = make_runner(endpoint, pool, TokenBudget(max_input_length=120, max_total_tokens=160))
     record = {"prompt": " ".join(f"Sentence number {n} is here." for n in range(60)), "fit": {"strategy": "split"}}
-    cache = InMemoryResultStore().call_cache("j", 1)
+    cache = InMemoryCallCacheStore().call_cache("j", 1)
     # When the second call fails once (retryable), and the record is delivered again
     endpoint.fail(ErrorKind.SERVER_ERROR, calls=[2], times=1)
     with pytest.raises(RetryLater):

@@ -10,8 +10,8 @@ calls it only for the sends it lets through: a failed attempt has no side effect
 
 Typical use, after `local_stack()` is up (the service's clients are the cached ones in `adapters.clients`)::
 
-    with fail_calls("dynamodb", "PutItem", THROTTLED, times=3) as rule:
-        ...                       # the first 3 PutItem sends get a 400 ProvisionedThroughputExceededException
+    with fail_calls("dynamodb", "TransactWriteItems", THROTTLED, times=3) as rule:
+        ...                       # the first 3 sends get a 400 ProvisionedThroughputExceededException
     assert rule.fired == 3
 
 `CallLog` records which calls succeeded (with their API parameters), for "written once" checks, and
@@ -39,6 +39,7 @@ from botocore.exceptions import ReadTimeoutError
 from sagebatch.tooling.emulator.server import Emulator, FaultConfig
 from sagebatch.tooling.local.runner import SimulatedCrash
 
+_moto_stubber: Any
 try:  # moto is a test/local dependency; without it sends simply go out over the network
     from moto.core.models import botocore_stubber as _moto_stubber
 except ImportError:  # pragma: no cover
@@ -102,7 +103,15 @@ class SentRequest:
             return bytes(body)
         if isinstance(body, str):
             return body.encode("utf-8")
-        return b""  # a stream (S3 uploads): match on the path instead
+        body = getattr(body, "_raw", body)  # botocore's aws-chunked (checksum) wrapper around an upload's stream
+        if hasattr(body, "read") and hasattr(body, "seek") and hasattr(body, "tell"):  # S3 uploads send a stream
+            position = body.tell()
+            try:
+                data = body.read()
+            finally:
+                body.seek(position)
+            return data if isinstance(data, bytes) else b""
+        return b""
 
     def json(self) -> Any:
         try:
@@ -111,19 +120,21 @@ class SentRequest:
             return {}
 
 
-def result_line_of(sent: SentRequest) -> int | None:
-    """The input line a DynamoDB PutItem of a record result stores, or None for any other send."""
-    if sent.service != "dynamodb" or sent.operation != "PutItem":
-        return None
-    item = sent.json().get("Item", {})
-    stored = item.get("result", {}).get("S")
-    if stored:
+def result_lines_of(sent: SentRequest) -> set[int]:
+    """The input lines whose results an S3 PutObject of a shard's checkpoint or part stores (empty for any other send)."""
+    if sent.service != "s3" or sent.operation != "PutObject" or "/parts/" not in sent.path:
+        return set()
+    return _lines_in(sent.body)
+
+
+def _lines_in(body: bytes) -> set[int]:
+    lines = set()
+    for raw in body.split(b"\n"):
         try:
-            return int(json.loads(stored)["line"])
+            lines.add(int(json.loads(raw)["line"]))
         except (ValueError, KeyError, TypeError):
-            pass
-    match = re.fullmatch(r"REC#0*(\d+)", item.get("sk", {}).get("S", ""))
-    return int(match.group(1)) if match else None
+            continue
+    return lines
 
 
 def endpoint_line_of(sent: SentRequest, tag: str) -> int | None:
@@ -217,8 +228,10 @@ class Rule:
         if isinstance(action, BaseException):
             raise action
         if isinstance(action, type) and issubclass(action, BaseException):
-            raise action(f"injected at {sent.service}.{sent.operation}")
-        return action(sent)
+            exception_type: type[BaseException] = action
+            raise exception_type(f"injected at {sent.service}.{sent.operation}")
+        respond: Callable[[SentRequest], Any] = action  # the Union's last member
+        return respond(sent)
 
 
 class Interceptor:
@@ -487,15 +500,14 @@ class CallLog:
         return count
 
     def stored_result_lines(self) -> set[int]:
-        """Lines whose result a successful PutItem stored."""
-        lines = set()
-        for call in self.succeeded("dynamodb", "PutItem"):
-            stored = call.params.get("Item", {}).get("result", {}).get("S")
-            if stored:
-                try:
-                    lines.add(int(json.loads(stored)["line"]))
-                except (ValueError, KeyError, TypeError):
-                    pass
+        """Lines whose result a successful PutObject of a shard's checkpoint or part stored."""
+        lines: set[int] = set()
+        for call in self.succeeded("s3", "PutObject"):
+            body = call.params.get("Body")
+            if hasattr(body, "getvalue"):  # botocore hands the upload on as a BytesIO
+                body = body.getvalue()
+            if "/parts/" in str(call.params.get("Key", "")) and isinstance(body, (bytes, bytearray)):
+                lines |= _lines_in(bytes(body))
         return lines
 
     def close(self) -> None:

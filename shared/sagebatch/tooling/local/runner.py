@@ -106,7 +106,7 @@ class EventSourcePoller:
             if not batches:
                 continue
             with ThreadPoolExecutor(max_workers=max(1, len(batches))) as pool:
-                handled += sum(pool.map(lambda batch: self._invoke(trigger, batch), batches))
+                handled += sum(pool.map(lambda batch, trigger=trigger: self._invoke(trigger, batch), batches))
         return handled
 
     def run_until(self, done: Callable[[], bool], timeout_s: float = 600) -> None:

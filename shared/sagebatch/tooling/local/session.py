@@ -15,7 +15,8 @@ from sagebatch.lambdas import service
 from sagebatch.adapters.dynamodb import Table
 from sagebatch.adapters.jobs import DynamoJobStore
 from sagebatch.adapters.objects import S3ObjectStore
-from sagebatch.adapters.results import DynamoResultStore
+from sagebatch.adapters.results import DynamoCallCacheStore
+from sagebatch.usecases.parts import PartsResultStore
 from sagebatch.domain.job import FINISHED, JobStatus
 from sagebatch.tooling.emulator.server import Emulator, EmulatorConfig
 from sagebatch.domain.layout import errors_key, manifest_key, results_key
@@ -37,10 +38,10 @@ class LocalRun:
         return DynamoJobStore(Table(boto3.client("dynamodb", region_name=REGION), self.stack.table))
 
     @property
-    def result_store(self) -> DynamoResultStore:
-        return DynamoResultStore(
-            Table(boto3.client("dynamodb", region_name=REGION), self.stack.table),
+    def result_store(self) -> PartsResultStore:
+        return PartsResultStore(
             S3ObjectStore(boto3.client("s3", region_name=REGION)), self.stack.bucket,
+            DynamoCallCacheStore(Table(boto3.client("dynamodb", region_name=REGION), self.stack.table)),
         )
 
     def drop_file(self, data: bytes, key: str) -> str:

@@ -36,8 +36,8 @@ def retryable(parent: Job | None, parent_id: str) -> Job:
 class Lineage:
     """For each line of a retry job's input (in order): its line in the parent and the id its result inherits."""
 
-    parent_lines: array = field(default_factory=lambda: array("q"))
-    default_ids: array = field(default_factory=lambda: array("q"))
+    parent_lines: array[int] = field(default_factory=lambda: array("q"))
+    default_ids: array[int] = field(default_factory=lambda: array("q"))
 
     def __len__(self) -> int:
         return len(self.parent_lines)
