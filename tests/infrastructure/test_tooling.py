@@ -367,8 +367,9 @@ def test_checkov_reports_no_failed_checks_on_the_template():
     checkov = tool("checkov")
 
     # When it scans template.yaml as CloudFormation
-    result = run([checkov, "-f", "template.yaml", "--framework", "cloudformation", "--quiet", "--compact"],
-                 BC_SKIP_MAPPING="TRUE")
+    result = run(
+        [checkov, "-f", "template.yaml", "--framework", "cloudformation", "--quiet", "--compact"], BC_SKIP_MAPPING="TRUE"
+    )
 
     # Then it completed a scan (exit 0: no findings; exit 1: findings listed) ...
     failed = _FAILED_CHECK.findall(result.stdout)
@@ -380,8 +381,11 @@ def test_checkov_reports_no_failed_checks_on_the_template():
 
 def test_every_checkov_skip_in_the_template_says_why():
     # Given the checks template.yaml tells checkov to skip (Metadata: checkov: skip: [{id, comment}])
-    skips = [(name, skip) for name, resource in TEMPLATE["Resources"].items()
-             for skip in (resource.get("Metadata", {}).get("checkov", {}).get("skip") or [])]
+    skips = [
+        (name, skip)
+        for name, resource in TEMPLATE["Resources"].items()
+        for skip in (resource.get("Metadata", {}).get("checkov", {}).get("skip") or [])
+    ]
 
     # When each is looked at; Then it names a check and gives a reason
     for name, skip in skips:
