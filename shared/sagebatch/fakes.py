@@ -47,6 +47,7 @@ from sagebatch.ports import (
 from sagebatch.settings import Settings
 from sagebatch.usecases.finalize import Finalizer, ResultsIncomplete
 from sagebatch.usecases.intake import Intake, IntakeOutcome
+from sagebatch.usecases.batch import FINAL_ATTEMPT_RECEIVE_COUNT
 from sagebatch.usecases.lease import Busy
 from sagebatch.usecases.parts import PartsResultStore
 from sagebatch.usecases.record_runner import RecordRunner
@@ -837,7 +838,6 @@ def build_pipeline(
 # As template.yaml and sagebatch.lambdas.handlers have them: a message is dead-lettered after its 5th receive,
 # and the worker's 4th delivery records retryable failures as failed results.
 MAX_RECEIVE_COUNT = 5
-FINAL_ATTEMPT_RECEIVE_COUNT = 4
 # What a delivery may raise for its message to come back (a batch item failure); anything else is a bug here.
 COMES_BACK = (ShardIncomplete, Busy, ResultsIncomplete, SendFailed, PublishFailed)
 

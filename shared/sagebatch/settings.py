@@ -86,6 +86,11 @@ class Settings(BaseSettings):
     # How often a running shard's answers are checkpointed (usecases/parts.py): a crash costs at most this long of
     # that shard's answers; 0 checkpoints every answer (one S3 PUT each).
     checkpoint_seconds: float = Field(10.0, ge=0)
+    # A worker invocation takes more shards from the work queue itself while it has room (usecases/batch.py), at
+    # most this many at a time; the visibility timeout it takes them with is the queue's own (template.yaml).
+    self_feed: bool = True
+    max_shards_in_flight: int = Field(16, ge=1)
+    work_visibility_timeout_s: int = Field(5400, ge=30)
 
     # Where job messages may point their `input`, besides this stack's own bucket (always allowed).
     # The environment holds template.yaml's AllowedInputLocations verbatim: comma-separated s3://bucket/prefix.

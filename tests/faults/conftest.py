@@ -244,6 +244,9 @@ def harness(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Harness]]
             # Every answer checkpointed as it arrives, so "no answer is paid for twice" holds to the line here; the
             # deployed default (10 s) trades at most that long of a crashed shard's answers for fewer S3 writes.
             monkeypatch.setenv("SAGEBATCH_CHECKPOINT_SECONDS", "0")
+            # Shards arrive only through the event source, so each fault meets the delivery path it is about
+            # (a worker's own intake of more shards is tested on the fakes: tests/unit/flows/test_batch.py).
+            monkeypatch.setenv("SAGEBATCH_SELF_FEED", "false")
             service.reset()
             serialize_moto()  # moto is not thread-safe (faults.py); DynamoDB's requests are atomic
             log = CallLog()

@@ -44,7 +44,8 @@ def test_a_worker_killed_mid_batch_reuses_what_it_stored_and_runs_the_rest_once(
     # Then the batch failed as a whole once, the lines stored before the kill were reused (generated once),
     # and every other line was generated exactly once after the kill
     assert fault.fired == 1 and h.run.poller.stats.batch_failures == 1
-    assert 3 not in stored_before and stored_before <= {1, 2, 4}  # {1, 2} when results are stored in line order
+    # (the batch's two shards, lines 1-4 and 5-8, run together, so either may have stored answers before the kill)
+    assert 3 not in stored_before and stored_before <= set(range(1, 9))
     after = job.generations() - generations_per_line(h.emulator.seen_inputs[: generated_before[0]], job.tag)
     assert all(after[line] == 0 for line in stored_before)
     assert all(after[line] == 1 for line in range(1, job.n + 1) if line not in stored_before)

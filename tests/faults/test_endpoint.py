@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sagebatch.tooling.emulator.server import Emulator, FaultConfig
-from sagebatch.lambdas.handlers import FINAL_ATTEMPT_RECEIVE_COUNT
+from sagebatch.usecases.batch import FINAL_ATTEMPT_RECEIVE_COUNT
 from sagebatch.tooling.local.faults import FaultyEmulator, emulator_faults, endpoint_line_of, fail_calls, forward_then_time_out
 
 

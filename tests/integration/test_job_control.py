@@ -34,6 +34,8 @@ def control_stack(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Loc
         def build(slow_seconds: float = 0.0, stop_check_seconds: float | None = None, shard_records: int = SHARD_RECORDS,
                   **parameters: Any) -> LocalRun:
             monkeypatch.setenv("SAGEBATCH_SHARD_RECORDS", str(shard_records))
+            # These tests step the event source one round at a time: workers take no shards of their own.
+            monkeypatch.setenv("SAGEBATCH_SELF_FEED", "false")
             if stop_check_seconds is not None:
                 monkeypatch.setenv("SAGEBATCH_STOP_CHECK_SECONDS", str(stop_check_seconds))
             emulator = EmulatorConfig(faults=FaultConfig(slow=1.0 if slow_seconds else 0.0, slow_seconds=slow_seconds))
@@ -114,7 +116,7 @@ def test_a_cancelled_job_keeps_what_was_done_and_cancels_the_rest(control_stack)
 def test_records_in_flight_when_the_cancel_arrives_finish_and_no_call_starts_after_it(control_stack):
     # Given one 8-record shard, 2 calls in flight at a time, answers taking 1 s, and workers that re-read the
     # job before every record (a stop-check interval of 0)
-    run = control_stack(slow_seconds=1.0, stop_check_seconds=0, shard_records=8, EndpointMaxConcurrency=16)
+    run = control_stack(slow_seconds=1.0, stop_check_seconds=0, shard_records=8, EndpointMaxConcurrency=2)
     run.submit_job({"job_id": "inflight", "records": [{"id": n, "prompt": f"Say {n}."} for n in range(1, 9)]})
     runner = threading.Thread(target=run.wait_for, args=("inflight", 60))
     runner.start()
@@ -130,10 +132,11 @@ def test_records_in_flight_when_the_cancel_arrives_finish_and_no_call_starts_aft
     # Then those two calls finished and were stored, every other record is cancelled, and the endpoint saw
     # no request after the cancel
     assert "cancelled" in reason
-    assert in_flight == 2
+    # (2 in flight at a time; under load more may have started before the test saw the first two and cancelled)
+    assert 2 <= in_flight < 8 and run.stack.emulator_server.emulator.stats.max_in_flight <= 2
     assert run.jobs.get_job("inflight").status == "CANCELLED"
-    assert statuses(run, "inflight") == ["succeeded"] * 2 + ["cancelled"] * 6
-    assert requests(run) == 2
+    assert statuses(run, "inflight") == ["succeeded"] * in_flight + ["cancelled"] * (8 - in_flight)
+    assert requests(run) == in_flight
 
 
 def test_a_second_cancel_changes_nothing(control_stack):

@@ -12,6 +12,9 @@ from typing import Any
 
 import pytest
 
+from sagebatch.endpoint.share import SlotShare
+from sagebatch.fakes import InMemoryEnvironmentRegistry
+from sagebatch.usecases.batch import WorkerInvocation
 from sagebatch.domain.generation import EndpointError, ErrorKind, Generation
 from sagebatch.endpoint.caller import AdaptiveCaller
 from sagebatch.endpoint.limiter import AdaptiveLimiter, InMemoryLimiterStore
@@ -92,6 +95,10 @@ def lambdas(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[ScriptedEndpo
         monkeypatch.setattr(service, "shard_processor", lambda: pipeline.worker)
         monkeypatch.setattr(service, "finalizer", lambda: pipeline.finalizer)
         monkeypatch.setattr(service, "endpoint_caller", lambda: caller)
+        invocation = WorkerInvocation(pipeline.worker, None)
+        share = SlotShare(InMemoryEnvironmentRegistry(), limiter.store, 120)
+        monkeypatch.setattr(service, "worker_invocation", lambda: invocation)
+        monkeypatch.setattr(service, "slot_share", lambda: share)
         return Lambdas(pipeline, caller)
 
     yield make

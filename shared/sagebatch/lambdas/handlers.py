@@ -7,24 +7,21 @@ Each SQS message is processed on its own; failures become `batchItemFailures`
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
-from sagebatch.domain.messages import FinalizeRequest, Shard
+from sagebatch.domain.messages import FinalizeRequest
 from sagebatch.lambdas import metrics as names
 from sagebatch.lambdas import service, telemetry
 from sagebatch.observability import function_metrics
-from sagebatch.usecases.worker import ShardIncomplete
+from sagebatch.usecases.batch import Delivery
+from sagebatch.usecases.worker import ShardIncomplete, ShardOutcome
 
 # A worker stops taking new records when it could no longer finish one endpoint call
 # (60 s SageMaker limit + margin); the rest go back to the queue as item failures.
 CALL_TIME_RESERVE_MS = 75_000
-# maxReceiveCount is 5: on the 4th delivery retryable failures are recorded as failed results,
-# leaving one spare delivery for a crash, so no record waits in the DLQ without a result.
-FINAL_ATTEMPT_RECEIVE_COUNT = 4
 
 
 def _process(event: dict[str, Any], context: Any, record_handler: Any) -> dict[str, Any]:
@@ -43,28 +40,30 @@ def intake(event: dict[str, Any], context: Any) -> dict[str, Any]:
 
 
 def worker(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """The event's shards run together, and the invocation takes more from the work queue while it has time and
+    room (usecases/batch.py), holding this environment's share of the endpoint meanwhile (endpoint/share.py)."""
+
     def keep_going() -> bool:
         return context is None or context.get_remaining_time_in_millis() > CALL_TIME_RESERVE_MS
 
     metrics = function_metrics(names.WORKER)
+    deliveries = [
+        Delivery(r["messageId"], r["body"], int(r.get("attributes", {}).get("ApproximateReceiveCount", 1)))
+        for r in event.get("Records", [])
+    ]
 
-    def handle(record: SQSRecord) -> None:
-        shard = Shard.model_validate_json(record.body)
-        receives = int(record.attributes.approximate_receive_count or 1)
-        started = time.monotonic()
-        try:
-            outcome = service.shard_processor().process(
-                shard, final_attempt=receives >= FINAL_ATTEMPT_RECEIVE_COUNT, keep_going=keep_going
-            )
-        except ShardIncomplete as incomplete:
-            telemetry.publish(metrics, telemetry.record_metrics(incomplete.delivered, time.monotonic() - started, True))
-            raise
-        telemetry.publish(metrics, telemetry.record_metrics(outcome.delivered, time.monotonic() - started))
+    def on_shard(delivery: Delivery, outcome: ShardOutcome | None, error: BaseException | None, seconds: float) -> None:
+        if outcome is not None:
+            telemetry.publish(metrics, telemetry.record_metrics(outcome.delivered, seconds))
+        elif isinstance(error, ShardIncomplete):
+            telemetry.publish(metrics, telemetry.record_metrics(error.delivered, seconds, True))
 
     try:
-        return _process(event, context, handle)
-    finally:  # the endpoint's side of the whole batch, whatever became of its records
+        with service.slot_share().holding():
+            report = service.worker_invocation().run(deliveries, keep_going, service.wants_more_work, on_shard=on_shard)
+    finally:  # the endpoint's side of the whole invocation, whatever became of its records
         telemetry.publish(metrics, service.endpoint_caller().take())
+    return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in sorted(report.failed_message_ids)]}
 
 
 def finalizer(event: dict[str, Any], context: Any) -> dict[str, Any]:

@@ -6,18 +6,22 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 
 from sagebatch.adapters.dynamodb import Table
+from sagebatch.adapters.environments import DynamoEnvironmentRegistry
 from sagebatch.adapters.events import EventBridgeJobEvents
 from sagebatch.adapters.jobs import DynamoJobStore
 from sagebatch.adapters.leases import DynamoLeaseStore
 from sagebatch.adapters.objects import S3ObjectStore
-from sagebatch.adapters.queues import SqsMessageSender
+from sagebatch.adapters.queues import SqsMessageSender, SqsWorkSource
 from sagebatch.adapters.results import DynamoCallCacheStore
 from sagebatch.domain.budget import TokenBudget
 from sagebatch.domain.tokens import get_tokenizer
 from sagebatch.endpoint.caller import make_default_caller
+from sagebatch.endpoint.limiter import InMemoryLimiterStore
+from sagebatch.endpoint.share import SlotShare
 from sagebatch.lambdas.clients import client, runtime_client
 from sagebatch.lambdas.telemetry import MeteredCaller
 from sagebatch.settings import get_settings
+from sagebatch.usecases.batch import WorkerInvocation
 from sagebatch.usecases.finalize import Finalizer
 from sagebatch.usecases.intake import Intake
 from sagebatch.usecases.parts import PartsResultStore
@@ -76,9 +80,34 @@ def endpoint_caller() -> MeteredCaller:
 
 
 @lru_cache(maxsize=1)
+def slot_share() -> SlotShare:
+    """This environment's share of the endpoint's concurrency (sagebatch.endpoint.share)."""
+    settings = get_settings()
+    store = endpoint_caller().caller.limiter.store
+    assert isinstance(store, InMemoryLimiterStore)
+    return SlotShare(DynamoEnvironmentRegistry(_table(), settings.endpoint_name), store, settings.endpoint_max_concurrency)
+
+
+@lru_cache(maxsize=1)
+def worker_invocation() -> WorkerInvocation:
+    """Runs an invocation's shards together and takes more from the work queue while it has room."""
+    settings = get_settings()
+    source = SqsWorkSource(client("sqs"), settings.work_queue_url, settings.work_visibility_timeout_s)
+    return WorkerInvocation(shard_processor(), source if settings.self_feed else None, settings.max_shards_in_flight)
+
+
+def wants_more_work() -> bool:
+    """Take another shard when fewer records wait for a slot than half of this environment's share."""
+    store = endpoint_caller().caller.limiter.store
+    waiting = shard_processor().waiting_records + (store.waiting() if isinstance(store, InMemoryLimiterStore) else 0)
+    return waiting < max(1, store.settings.max_inflight // 2)
+
+
+@lru_cache(maxsize=1)
 def shard_processor() -> ShardProcessor:
     settings = get_settings()
-    in_flight = settings.calls_in_flight_per_worker
+    # Threads for every slot the endpoint has: an environment alone may hold the whole share (SlotShare).
+    in_flight = settings.endpoint_max_concurrency
     runner = RecordRunner(
         endpoint_caller(),
         TokenBudget(max_input_length=settings.max_input_length, max_total_tokens=settings.max_total_tokens),
@@ -98,6 +127,7 @@ def shard_processor() -> ShardProcessor:
         settings.stop_check_seconds,
         settings.lease_seconds,
         settings.checkpoint_seconds,
+        record_slots=lambda: endpoint_caller().caller.limiter.settings.max_inflight,
     )
 
 
@@ -110,6 +140,6 @@ def reset() -> None:
     """Forget everything built from settings and clients (tests and each local run)."""
     from sagebatch.lambdas.clients import reset_clients
 
-    for cached in (intake, endpoint_caller, shard_processor, finalizer, get_settings):
+    for cached in (intake, endpoint_caller, shard_processor, slot_share, worker_invocation, finalizer, get_settings):
         cached.cache_clear()
     reset_clients()

@@ -34,7 +34,9 @@ from sagebatch.domain.generation import Generation
 from sagebatch.domain.parameters import Parameters
 from sagebatch.domain.records import FitSettings
 from sagebatch.domain.tokens import get_tokenizer
-from sagebatch.endpoint.limiter import LimiterSettings
+from sagebatch.endpoint.caller import make_default_caller
+from sagebatch.endpoint.limiter import InMemoryLimiterStore
+from sagebatch.endpoint.share import SlotShare
 from sagebatch.ports import LineSpan
 from sagebatch.settings import Settings
 from sagebatch.tooling.emulator.perf_model import PerfParams, prefill_ms, reserved_tokens, windowed_context
@@ -61,10 +63,22 @@ class PlannedCall:
 @dataclass
 class Plan:
     records: int = 0
-    shards: int = 0
     input_format: str = "native"
     calls: list[PlannedCall] = field(default_factory=list)
     failed: dict[str, int] = field(default_factory=dict)  # error.type -> records that fail before any call
+    line_calls: list[int] = field(default_factory=list)  # calls of each line
+    shard_lines: list[int] = field(default_factory=list)  # lines of each shard, as intake cuts them
+
+    @property
+    def shards(self) -> int:
+        return len(self.shard_lines)
+
+    def shard_calls(self) -> list[float]:
+        out, line = [], 0
+        for lines in self.shard_lines:
+            out.append(float(sum(self.line_calls[line:line + lines])))
+            line += lines
+        return out
 
     @property
     def input_tokens(self) -> int:
@@ -116,15 +130,15 @@ def split_lines(data: bytes) -> list[bytes]:
     return [piece.rstrip(b"\r") for piece in pieces]
 
 
-def count_shards(data: bytes, settings: Settings) -> int:
-    """Shards as intake cuts them (usecases.intake.group_spans over the lines' byte spans)."""
+def shard_lines(data: bytes, settings: Settings) -> list[int]:
+    """Lines of each shard, as intake cuts them (usecases.intake.group_spans over the lines' byte spans)."""
     spans, start = [], 0
     while start < len(data):
         newline = data.find(b"\n", start)
         end = len(data) if newline == -1 else newline + 1
         spans.append(LineSpan(start, end))
         start = end
-    return sum(1 for _ in group_spans(iter(spans), settings.shard_records, settings.shard_bytes))
+    return [len(group) for group in group_spans(iter(spans), settings.shard_records, settings.shard_bytes)]
 
 
 def plan_file(
@@ -136,56 +150,85 @@ def plan_file(
     input_format, format_line = (decided.format, decided.line) if decided else ("native", None)
     endpoint = _PlanningEndpoint(assumption)
     budget = TokenBudget(max_input_length=settings.max_input_length, max_total_tokens=settings.max_total_tokens)
-    plan = Plan(shards=count_shards(data, settings), input_format=input_format)
+    plan = Plan(input_format=input_format, shard_lines=shard_lines(data, settings))
     with ThreadPoolExecutor(max_workers=4, thread_name_prefix="estimate") as pool:
         runner = RecordRunner(endpoint, budget, get_tokenizer(), settings.default_max_new_tokens,
                               settings.max_line_bytes, pool)
         for line, raw in enumerate(split_lines(data), start=1):
+            before = len(endpoint.calls)
             result = runner.run(line, raw, parameters or Parameters(), fit, input_format=input_format,
                                 input_format_line=format_line)
             plan.records += 1
+            plan.line_calls.append(len(endpoint.calls) - before)
             if result.status == "failed" and result.calls == 0 and result.error is not None:
                 plan.failed[result.error.type] = plan.failed.get(result.error.type, 0) + 1
     plan.calls = endpoint.calls
     return plan
 
 
-# -- 2. the concurrency the workers reach --------------------------------------------------------------------------
+# -- 2. how the workers feed the endpoint --------------------------------------------------------------------------
+WORKER_BATCH_SHARDS = 2  # template.yaml WorkerFunction's SQS BatchSize: the shards the event source hands an invocation
+
+
 @dataclass(frozen=True)
-class Concurrency:
-    """What the workers let into the endpoint at once (as service.endpoint_caller and the worker build them)."""
+class Pipeline:
+    """What the workers let into the endpoint at once, summed over the environments with work.
 
-    environments: int  # worker execution environments with work
-    threads: float  # record threads holding a record (waiting for a permit, or calling), all environments
-    max_in_flight: int  # the limiters' count cap, all environments
-    long_in_flight: int  # the long-prompt bulkhead, all environments
-    initial_limit: float  # the limiters' starting limit (slow start doubles it each round trip), all environments
+    Each worker execution environment sizes its limiter to its share of the endpoint (`SlotShare`: the endpoint's cap
+    divided among the environments with work), and its invocation keeps that share full: its shards run together on
+    one record pool and it takes more from the work queue while records are few (usecases/batch.py). So the endpoint
+    sees the limiters' caps until the queue runs dry, then the job's last calls drain. Deployed, the event source
+    starts an environment per batch of shards, up to WorkerMaxConcurrency; `sagebatch run` runs one.
+    """
+
+    environments: int
+    max_in_flight: int  # the limiters' count caps
+    long_in_flight: int  # their long-prompt bulkheads
+    initial_limit: float  # their starting limits, in weight units (slow start: + a call's weight per success)
+    max_limit: float  # their largest limits, in weight units
+    token_unit: int  # prompt tokens per weight unit (a call weighs max(1, its input tokens / token_unit))
     long_prompt_tokens: int
-    endpoint_slice: float  # each environment's share of the endpoint (its cap / EndpointMaxConcurrency)
+    endpoint_slice: float  # each environment's share of the endpoint: its cap / EndpointMaxConcurrency
+
+    def weight(self, input_tokens: float) -> float:
+        return max(1.0, input_tokens / self.token_unit)
 
 
-def concurrency(settings: Settings, shards: int, local: bool) -> Concurrency:
-    """`local`: `sagebatch run`, one process whose handlers share one caller and one record pool (shards overlap in it).
-    Deployed: up to WorkerMaxConcurrency environments, each running one shard at a time on its record threads, so a
-    shard's last wave leaves threads idle (r records on c threads: r / ceil(r / c) busy on average)."""
-    per_env = LimiterSettings.for_endpoint(settings.endpoint_max_concurrency, margin=0,
-                                           sharers=settings.worker_max_concurrency)
-    slots = settings.calls_in_flight_per_worker  # the worker's record and call pools (lambdas/service.py)
-    environments = 1 if local else max(1, min(settings.worker_max_concurrency, shards))
-    if local:
-        threads = float(slots)
-    else:
-        records = settings.shard_records
-        threads = records / math.ceil(records / slots) if records < 4 * slots else float(slots)
-    cap = min(settings.endpoint_max_concurrency, environments * per_env.max_inflight)
-    return Concurrency(
+class _Registered:
+    """An EnvironmentRegistry that always counts `environments` (to size a limiter as SlotShare does)."""
+
+    def __init__(self, environments: int):
+        self.environments = environments
+
+    def heartbeat(self, environment: str, until: float, now: float) -> int:
+        return self.environments
+
+    def leave(self, environment: str) -> None:
+        return None
+
+
+def pipeline(settings: Settings, shards: int, local: bool) -> Pipeline:
+    environments = 1 if local else max(1, min(settings.worker_max_concurrency, math.ceil(shards / WORKER_BATCH_SHARDS)))
+    # The limiter as an environment builds it (lambdas/service.py), then sized by its SlotShare.
+    caller = make_default_caller(None, settings.endpoint_name, endpoint_max_concurrency=settings.endpoint_max_concurrency,
+                                 worker_max_concurrency=settings.worker_max_concurrency)
+    store = caller.limiter.store
+    assert isinstance(store, InMemoryLimiterStore)
+    clock = [0.0]
+    share = SlotShare(_Registered(environments), store, settings.endpoint_max_concurrency, clock=lambda: clock[0])
+    share.refresh()
+    clock[0] += 2 * share.refresh_s  # past a newcomer's first interval: the settled share
+    share.refresh()
+    limiter = store.settings
+    return Pipeline(
         environments=environments,
-        threads=min(float(cap), environments * min(threads, per_env.max_inflight)),
-        max_in_flight=cap,
-        long_in_flight=environments * (per_env.max_long_inflight or per_env.max_inflight),
-        initial_limit=environments * per_env.initial_limit,
-        long_prompt_tokens=per_env.long_prompt_tokens,
-        endpoint_slice=min(1.0, per_env.max_inflight / settings.endpoint_max_concurrency),
+        max_in_flight=environments * limiter.max_inflight,
+        long_in_flight=environments * min(limiter.max_inflight, limiter.max_long_inflight or limiter.max_inflight),
+        initial_limit=environments * store.snapshot().limit,
+        max_limit=environments * limiter.max_limit,
+        token_unit=limiter.token_unit,
+        long_prompt_tokens=limiter.long_prompt_tokens,
+        endpoint_slice=min(1.0, limiter.max_inflight / settings.endpoint_max_concurrency),
     )
 
 
@@ -199,15 +242,15 @@ class _Class:
     per_round_ms: float  # b + kv*ctx/1000 + t_pf/N: its share of each decode round (prefill amortised)
     reserved: float  # KV tokens held, R(n)
     long: bool
+    weight: float  # in the limiter's units
 
 
-def _classes(calls: Sequence[PlannedCall], long_prompt_tokens: int, p: PerfParams, groups: int = 48) -> list[_Class]:
-    """Calls grouped by (long?, input size quantile): exact sums of the per-call terms, so grouping loses little."""
+def _classes(calls: Sequence[PlannedCall], pipe: Pipeline, p: PerfParams, groups: int = 12) -> list[_Class]:
+    """Calls grouped by (long?, input size quantile), with exact means of the per-call terms."""
     out: list[_Class] = []
     for long in (False, True):
-        members = sorted((c for c in calls if (c.input_tokens > long_prompt_tokens) == long), key=lambda c: c.input_tokens)
-        if not members:
-            continue
+        members = sorted((c for c in calls if (c.input_tokens > pipe.long_prompt_tokens) == long),
+                         key=lambda c: c.input_tokens)
         size = max(1, math.ceil(len(members) / groups))
         for start in range(0, len(members), size):
             chunk = members[start:start + size]
@@ -220,103 +263,102 @@ def _classes(calls: Sequence[PlannedCall], long_prompt_tokens: int, p: PerfParam
             out.append(_Class(
                 calls=float(len(chunk)),
                 output_tokens=sum(rounds) / len(chunk),
-                # weighted by rounds: a call pays its per-round cost once per round it runs
-                per_round_ms=sum(r * n for r, n in zip(per_round, rounds)) / sum(rounds),
+                per_round_ms=sum(r * n for r, n in zip(per_round, rounds)) / sum(rounds),  # paid once per round run
                 reserved=sum(reserved_tokens(c.input_tokens, c.max_new_tokens, p) for c in chunk) / len(chunk),
                 long=long,
+                weight=sum(pipe.weight(c.input_tokens) for c in chunk) / len(chunk),
             ))
     return out
 
 
 @dataclass(frozen=True)
 class Prediction:
-    duration_s: float  # first call start -> last call end (the endpoint busy with the job)
+    duration_s: float  # first call start -> last call end: the endpoint busy with the job
     endpoint_seconds: float  # the manifest's definition
     worker_seconds: float
-    mean_running: float  # calls in flight at the endpoint, time-averaged
+    mean_in_flight: float  # calls at the endpoint, time-averaged
     output_tokens_per_s: float
 
 
-def predict(calls: Sequence[PlannedCall], conc: Concurrency, instances: int = 1, p: PerfParams | None = None,
-            steps: int = 6000) -> Prediction:
-    """Integrate the fluid model over the job (module docstring, 3)."""
+def predict(calls: Sequence[PlannedCall], pipe: Pipeline, instances: int = 1, p: PerfParams | None = None,
+            max_calls: int = 3000) -> Prediction:
+    """Integrate the fluid model over the job (module docstring, 3).
+
+    A job of more than `max_calls` calls is simulated on `max_calls` of the same mix and extrapolated at the rate of
+    their second half (the steady state); the ramp and the drain are simulated either way.
+    """
     p = p or PerfParams()
-    classes = _classes(calls, conc.long_prompt_tokens, p)
+    classes = _classes(calls, pipe, p)
     if not classes:
         return Prediction(0.0, 0.0, 0.0, 0.0, 0.0)
-    queued = [k.calls for k in classes]  # not yet in a record thread
-    waiting = [0.0 for _ in classes]  # in a thread, waiting for the limiter
-    cohorts: list[list[list[float]]] = [[] for _ in classes]  # per class: [calls, remaining fraction of service]
-    limit = max(1.0, min(conc.initial_limit, conc.max_in_flight))
-    guess = _closed_form(classes, conc, instances, p)
-    dt_floor = guess / steps
-    now = busy_env_s = running_s = 0.0
-    total = sum(queued)
-    finished = 0.0
-    while finished < total - 1e-6:
-        # records enter free threads in input order (classes mixed as in the file)
-        holding = sum(waiting) + sum(sum(c[0] for c in cs) for cs in cohorts)
-        left = sum(queued)
-        if left > 1e-9 and holding < conc.threads - 1e-9:
-            entering = min(conc.threads - holding, left)
-            for i, q in enumerate(queued):
-                moved = entering * q / left
-                queued[i] -= moved
-                waiting[i] += moved
-        # the limiter admits: the count cap and slow-start limit for all, the bulkhead for long prompts
+    total = sum(k.calls for k in classes)
+    simulated = min(total, float(max(max_calls, 20 * pipe.max_in_flight)))
+    queued = [k.calls * simulated / total for k in classes]  # not started: in input order, classes mixed as in the file
+    waiting = [0.0 for _ in classes]  # long prompts parked by a full bulkhead
+    cohorts: list[list[list[float]]] = [[] for _ in classes]  # per class: [calls, service left (1 -> 0)]
+    limit = max(1.0, pipe.initial_limit)
+    now = in_flight_s = 0.0
+    done = 0.0
+    half_at: float | None = None
+    while done < simulated - 1e-6:
+        # the limiters admit in order: the limit (weight units, slow start) and the count cap for all, the bulkhead
+        # for long prompts (a call heavier than the limit runs alone)
         running = [sum(c[0] for c in cs) for cs in cohorts]
-        room = max(0.0, min(limit, conc.max_in_flight) - sum(running))
-        long_room = max(0.0, conc.long_in_flight - sum(r for r, k in zip(running, classes) if k.long))
-        long_wants = sum(w for w, k in zip(waiting, classes) if k.long)
-        long_scale = min(1.0, long_room / long_wants) if long_wants > 1e-12 else 1.0
-        eligible = [w * (long_scale if k.long else 1.0) for w, k in zip(waiting, classes)]
-        scale = min(1.0, room / sum(eligible)) if sum(eligible) > 1e-12 else 0.0
-        for i, w in enumerate(eligible):
-            started = w * scale
+        left = sum(queued)
+        if left > 1e-12:
+            mean_weight = sum(q * c.weight for q, c in zip(queued, classes)) / left
+            weight_room = limit - sum(r * c.weight for r, c in zip(running, classes))
+            room = min(pipe.max_in_flight - sum(running), weight_room / mean_weight)
+            if sum(running) <= 1e-12:
+                room = max(room, 1.0)
+            taken = min(max(0.0, room), left)
+            for k, q in enumerate(queued):
+                moved = taken * q / left
+                queued[k] -= moved
+                waiting[k] += moved
+        long_room = max(0.0, pipe.long_in_flight - sum(r for r, c in zip(running, classes) if c.long))
+        long_waiting = sum(w for w, c in zip(waiting, classes) if c.long)
+        long_scale = min(1.0, long_room / long_waiting) if long_waiting > 1e-12 else 1.0
+        for k, c in enumerate(classes):
+            started = waiting[k] * (long_scale if c.long else 1.0)
             if started > 1e-12:
-                waiting[i] -= started
-                cohorts[i].append([started, 1.0])
+                waiting[k] -= started
+                cohorts[k].append([started, 1.0])
         running = [sum(c[0] for c in cs) for cs in cohorts]
         in_flight = sum(running)
-        if in_flight <= 1e-12:  # nothing can run: only possible through rounding; let it through
-            break
-        # one endpoint round at this mix (per instance)
-        kv = sum(r * k.reserved for r, k in zip(running, classes)) / instances
-        share = min(1.0, p.max_batch_total_tokens / kv) if kv > 0 else 1.0  # B_run / B
-        round_ms = p.a_ms + share * sum(r * k.per_round_ms for r, k in zip(running, classes)) / instances
-        hold_ms = [k.output_tokens * round_ms / share + p.overhead_ms for k in classes]
-        # step to the next cohort completion, at most a fortieth of the shortest hold, at least the floor
-        to_next = min(c[1] * hold_ms[i] for i, cs in enumerate(cohorts) for c in cs) / 1000.0
-        dt = max(min(to_next, min(hold_ms[i] for i, r in enumerate(running) if r > 0) / 40000.0), dt_floor, 1e-6)
-        for i, cs in enumerate(cohorts):
-            keep = []
+        if in_flight <= 1e-12:
+            break  # only rounding is left
+        # one decode round at this mix, on each instance
+        kv = sum(r * c.reserved for r, c in zip(running, classes)) / instances
+        share = min(1.0, p.max_batch_total_tokens / kv) if kv > 0 else 1.0  # B_run / B once KV binds
+        round_ms = p.a_ms + share * sum(r * c.per_round_ms for r, c in zip(running, classes)) / instances
+        hold_s = [(c.output_tokens * round_ms / share + p.overhead_ms) / 1000.0 for c in classes]
+        shortest = min(hold_s[k] for k, r in enumerate(running) if r > 0)
+        to_next = min(cohort[1] * hold_s[k] for k, cs in enumerate(cohorts) for cohort in cs)
+        dt = max(min(to_next, shortest / 10.0), shortest / 50.0)
+        for k, cs in enumerate(cohorts):
+            kept = []
             for cohort in cs:
-                cohort[1] -= dt * 1000.0 / hold_ms[i]
+                cohort[1] -= dt / hold_s[k]
                 if cohort[1] <= 1e-9:
-                    finished += cohort[0]
-                    limit = min(conc.max_in_flight, limit + cohort[0])  # slow start: + one per success
+                    done += cohort[0]
+                    limit = min(pipe.max_limit, limit + cohort[0] * classes[k].weight)  # slow start: + weight per success
                 else:
-                    keep.append(cohort)
-            cohorts[i] = keep
-        running_s += dt * in_flight
-        busy_env_s += dt * min(conc.environments, max(1.0, conc.environments * (in_flight + sum(waiting)) / conc.threads))
+                    kept.append(cohort)
+            cohorts[k] = kept
+        in_flight_s += dt * in_flight
         now += dt
-    endpoint_seconds = busy_env_s * conc.endpoint_slice
-    return Prediction(duration_s=now, endpoint_seconds=endpoint_seconds, worker_seconds=busy_env_s,
-                      mean_running=running_s / now if now else 0.0,
-                      output_tokens_per_s=sum(k.calls * k.output_tokens for k in classes) / now if now else 0.0)
-
-
-def _closed_form(classes: Sequence[_Class], conc: Concurrency, instances: int, p: PerfParams) -> float:
-    """Section 3.1 at full concurrency for the whole job's mix: a first guess, for the step size."""
-    total = sum(k.calls for k in classes)
-    b = min(conc.threads, conc.max_in_flight, total)
-    mix = [k.calls / total for k in classes]
-    kv = b * sum(f * k.reserved for f, k in zip(mix, classes)) / instances
-    share = min(1.0, p.max_batch_total_tokens / kv) if kv > 0 else 1.0
-    round_ms = p.a_ms + share * b * sum(f * k.per_round_ms for f, k in zip(mix, classes)) / instances
-    hold_s = sum(f * (k.output_tokens * round_ms / share + p.overhead_ms) for f, k in zip(mix, classes)) / 1000.0
-    return max(hold_s, total * hold_s / b)
+        if half_at is None and done >= simulated / 2:
+            half_at = now
+    if simulated < total and half_at is not None and now > half_at:
+        extra = (total - simulated) * (now - half_at) / (simulated / 2)  # at the steady second half's rate
+        in_flight_s += extra * in_flight_s / now
+        now += extra
+    # Every environment is busy while the job runs (each keeps its share full), so each slice accrues all along.
+    worker_seconds = now * pipe.environments
+    output = sum(c.output_tokens for c in calls)
+    return Prediction(duration_s=now, endpoint_seconds=worker_seconds * pipe.endpoint_slice, worker_seconds=worker_seconds,
+                      mean_in_flight=in_flight_s / now if now else 0.0, output_tokens_per_s=output / now if now else 0.0)
 
 
 # -- 4. all of it --------------------------------------------------------------------------------------------------
@@ -356,17 +398,17 @@ def estimate(
     if instances < 1:
         raise ValueError("an endpoint has at least one instance")
     plan = plan_file(data, settings, parameters, fit, assumption)
-    conc = concurrency(settings, plan.shards, local)
-    prediction = predict(plan.calls, conc, instances)
+    pipe = pipeline(settings, plan.shards, local)
+    prediction = predict(plan.calls, pipe, instances)
     hourly = (settings.endpoint_hourly_price if instance_hourly_price is None else instance_hourly_price) * instances
     counts = JobCounts(records=plan.records, shards=plan.shards, endpoint_calls=len(plan.calls),
                        output_tokens=plan.output_tokens, worker_seconds=prediction.worker_seconds)
     return Estimate(
         records=plan.records, shards=plan.shards, input_format=plan.input_format, failed_without_call=plan.failed,
         endpoint_calls=len(plan.calls), input_tokens=plan.input_tokens, output_tokens=plan.output_tokens,
-        output_assumption=str(assumption), environments=conc.environments, max_in_flight=conc.max_in_flight,
-        long_in_flight=conc.long_in_flight, endpoint_instances=instances, duration_s=prediction.duration_s,
-        mean_in_flight=prediction.mean_running, output_tokens_per_s=prediction.output_tokens_per_s,
+        output_assumption=str(assumption), environments=pipe.environments,
+        max_in_flight=pipe.max_in_flight, long_in_flight=pipe.long_in_flight, endpoint_instances=instances,
+        duration_s=prediction.duration_s, mean_in_flight=prediction.mean_in_flight, output_tokens_per_s=prediction.output_tokens_per_s,
         endpoint_seconds=prediction.endpoint_seconds, worker_seconds=prediction.worker_seconds,
         cost=job_cost(prediction.endpoint_seconds, counts, hourly),
     )

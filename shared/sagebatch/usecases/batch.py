@@ -38,6 +38,9 @@ class Delivery:
     item: WorkItem | None = None
 
 
+OnShard = Callable[[Delivery, ShardOutcome | None, BaseException | None, float], None]
+
+
 @dataclass
 class InvocationReport:
     failed_message_ids: set[str]  # the event's own records to hand back (batchItemFailures)
@@ -46,24 +49,18 @@ class InvocationReport:
 
 
 class WorkerInvocation:
-    def __init__(
-        self,
-        processor: ShardProcessor,
-        source: WorkSource | None,
-        max_shards: int = 16,
-        on_shard: Callable[[Delivery, ShardOutcome | None, BaseException | None, float], None] | None = None,
-    ):
+    def __init__(self, processor: ShardProcessor, source: WorkSource | None, max_shards: int = 16):
         self._processor = processor
         self._source = source
         self._max_shards = max(1, max_shards)
         self._pool = ThreadPoolExecutor(max_workers=self._max_shards, thread_name_prefix="shard")
-        self._on_shard = on_shard
 
     def run(
         self,
         deliveries: list[Delivery],
         keep_going: Callable[[], bool],
         wants_more: Callable[[], bool] = lambda: False,
+        on_shard: OnShard | None = None,
         clock: Callable[[], float] | None = None,
     ) -> InvocationReport:
         """Run the event's shards, and more from the queue while `keep_going()` and `wants_more()` allow."""
@@ -90,8 +87,8 @@ class WorkerInvocation:
                 outcome = None if error is not None else future.result()
                 self._settle(delivery, error, report)
                 report.outcomes.append((delivery, outcome, error))
-                if self._on_shard is not None:
-                    self._on_shard(delivery, outcome, error, now() - started)
+                if on_shard is not None:
+                    on_shard(delivery, outcome, error, now() - started)
         return report
 
     def _process(self, delivery: Delivery, keep_going: Callable[[], bool]) -> ShardOutcome:

@@ -207,14 +207,15 @@ class RecordRunner:
         except OutsideTheLine as wrapped:
             raise wrapped.error from None
         except LineFailed as problem:
-            result = failed(line, record_id, problem.kind, problem.message, calls=sent.requests, **sent.shares())
+            result = failed(line, record_id, problem.kind, problem.message, calls=sent.requests,
+                            endpoint_seconds=sent.shares()[0], worker_seconds=sent.shares()[1])
         except Exception as error:  # our own bug: the line fails, the shard goes on
             logger.error(
                 "internal error on a line",
                 extra={"line": line, "error_class": type(error).__name__, "trace": traceback.format_tb(error.__traceback__)},
             )
             result = failed(line, record_id, "internal_error", f"{type(error).__name__}: {error}", calls=sent.requests,
-                            **sent.shares())
+                            endpoint_seconds=sent.shares()[0], worker_seconds=sent.shares()[1])
         return _noted(result, notes).model_copy(update={"id_given": given})
 
     def _answer(
@@ -278,7 +279,8 @@ class RecordRunner:
             notes=notes or None,
             calls=sent.requests,
             reused_calls=sent.reused,
-            **sent.shares(),
+            endpoint_seconds=sent.shares()[0],
+            worker_seconds=sent.shares()[1],
         )
 
     def _generate(
@@ -362,9 +364,10 @@ class _Sent:
             self.endpoint_seconds += endpoint_seconds
             self.worker_seconds += worker_seconds
 
-    def shares(self) -> dict[str, float]:
+    def shares(self) -> tuple[float, float]:
+        """(endpoint seconds, worker seconds) of the requests sent so far."""
         with self._lock:
-            return {"endpoint_seconds": round(self.endpoint_seconds, 6), "worker_seconds": round(self.worker_seconds, 6)}
+            return round(self.endpoint_seconds, 6), round(self.worker_seconds, 6)
 
     def reuse(self, input_tokens: int, output_tokens: int) -> None:
         with self._lock:

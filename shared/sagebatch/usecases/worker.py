@@ -12,6 +12,7 @@ so the shard still completes and the job still finalizes with one result per lin
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Callable
@@ -93,6 +94,7 @@ class ShardProcessor:
         stop_check_seconds: float = 1.0,
         lease_seconds: float = 60.0,
         checkpoint_seconds: float = 10.0,
+        record_slots: Callable[[], int] = lambda: 1 << 30,
     ):
         self._jobs = jobs
         self._results = results
@@ -104,6 +106,11 @@ class ShardProcessor:
         self._stop_check_seconds = stop_check_seconds
         self._lease_seconds = lease_seconds
         self._checkpoint_seconds = checkpoint_seconds
+        self._waiting = 0  # records submitted to the record pool and not started yet
+        # At most as many records past their stop check as may be in flight: a record never passes the check and
+        # then waits for a slot while a cancel arrives (it would call after the cancel).
+        self._gate = _Gate(record_slots)
+        self._waiting_lock = threading.Lock()
 
     def process(self, shard: Shard, final_attempt: bool = False, keep_going: Callable[[], bool] = lambda: True) -> ShardOutcome:
         """Process the shard. On `final_attempt`, retryable failures are stored as failed results instead of retried."""
@@ -163,9 +170,12 @@ class ShardProcessor:
                 return None
 
         def run_and_keep(item: tuple[int, bytes]) -> ResultLine | None:
-            result = answer(*item)
+            self._count_waiting(-1)
+            with self._gate:
+                result = answer(*item)
             return None if result is None else self._keep(buffer, shard, result)
 
+        self._count_waiting(len(todo))
         futures = [self._pool.submit(run_and_keep, item) for item in todo]
         wait(futures)  # every record finishes (and is kept) before any error is raised
         pending = 0
@@ -195,6 +205,16 @@ class ShardProcessor:
                    "not_run": counts.cancelled + counts.expired},
         )
         return ShardOutcome(len(encoded) - reused, reused, 0, finalize_sent, delivered)
+
+    @property
+    def waiting_records(self) -> int:
+        """Records of running shards that no thread has started yet."""
+        with self._waiting_lock:
+            return self._waiting
+
+    def _count_waiting(self, change: int) -> None:
+        with self._waiting_lock:
+            self._waiting += change
 
     def _keep(self, buffer: ShardBuffer, shard: Shard, result: ResultLine) -> ResultLine:
         """Keep one line's result in the shard's buffer. A result that cannot be stored as it is becomes the line's
@@ -229,3 +249,23 @@ def _traced(shard: Shard, result: ResultLine) -> ResultLine:
     """A retry job's result names the line it had in the parent job."""
     parent_line = shard.parent_line(result.line)
     return result if parent_line is None else result.model_copy(update={"parent_line": parent_line})
+
+
+class _Gate:
+    """A semaphore whose size is read each time (the environment's share of the endpoint changes as it runs)."""
+
+    def __init__(self, capacity: Callable[[], int]):
+        self._capacity = capacity
+        self._held = 0
+        self._changed = threading.Condition()
+
+    def __enter__(self) -> None:
+        with self._changed:
+            while self._held >= max(1, self._capacity()):
+                self._changed.wait(0.2)  # re-read the capacity now and then: a resize does not notify
+            self._held += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._changed:
+            self._held -= 1
+            self._changed.notify()
