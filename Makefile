@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TOOLS_STAMP := $(TOOLS)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test lint unit tooling bench bench-tokenize bench-calibration bench-saturation bench-layer clean setup
+.PHONY: run test lint unit tooling bench bench-tokenize bench-calibration bench-saturation bench-layer bench-estimate clean setup
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,10 @@ bench-calibration: $(STAMP)
 
 bench-saturation: $(STAMP)
 	$(PY) bench/saturation.py
+
+## make bench-estimate: `sagebatch estimate` against `sagebatch run --perf` on the four workloads (~1.5 min)
+bench-estimate: $(STAMP)
+	$(PY) bench/estimate.py
 
 ## make bench-layer: the Lambda layer's unzipped size and each handler's import time (sam build + 30 imports, ~1 min)
 bench-layer: $(STAMP) $(TOOLS_STAMP)

@@ -50,10 +50,8 @@ CONCURRENCY = (1, 2, 4, 8, 16, 32, 64, 128)
 # Seed table (shared/data/seed-throughput.csv; AWS blog, Mistral 7B Instruct on ml.g5.2xlarge, TGI 1.1).
 # words -> c -> (throughput tok/s, p50 ms/token); None = the run hit the 60 s timeout.
 SEED: dict[int, dict[int, tuple[float, float] | None]] = {
-    128: {1: (30, 32), 2: (54, 33), 4: (89, 34), 8: (166, 36), 16: (287, 41), 32: (499, 46),
-          64: (793, 59), 128: (1030, 88)},
-    512: {1: (29, 34), 2: (50, 36), 4: (80, 39), 8: (140, 43), 16: (210, 54), 32: (315, 71),
-          64: (383, 112), 128: (458, 213)},
+    128: {1: (30, 32), 2: (54, 33), 4: (89, 34), 8: (166, 36), 16: (287, 41), 32: (499, 46), 64: (793, 59), 128: (1030, 88)},
+    512: {1: (29, 34), 2: (50, 36), 4: (80, 39), 8: (140, 43), 16: (210, 54), 32: (315, 71), 64: (383, 112), 128: (458, 213)},
     6400: {1: (17, 57), 2: (25, 71), 4: (30, 98), 8: (35, 154), 16: None, 32: None, 64: None, 128: None},
 }
 # Reference DES, raw burst at 6,400 words: timeouts per run (performance-model.md section 5).
@@ -124,8 +122,8 @@ class HttpDriver:
     """
 
     def __init__(self, url: str, time_scale: float, endpoint: str) -> None:
-        import boto3  # noqa: PLC0415 - only needed for this mode
-        from botocore.config import Config  # noqa: PLC0415
+        import boto3
+        from botocore.config import Config
 
         self.time_scale = time_scale
         self.endpoint = endpoint
@@ -135,8 +133,9 @@ class HttpDriver:
             region_name="us-east-1",
             aws_access_key_id="testing",
             aws_secret_access_key="testing",
-            config=Config(retries={"total_max_attempts": 1}, read_timeout=70 + 60 / time_scale,
-                          connect_timeout=5, max_pool_connections=256),
+            config=Config(
+                retries={"total_max_attempts": 1}, read_timeout=70 + 60 / time_scale, connect_timeout=5, max_pool_connections=256
+            ),
         )
         self._t0 = time.monotonic()
 
@@ -155,13 +154,11 @@ class HttpDriver:
     def call(self, words: int) -> tuple[float, int]:
         body = {
             "inputs": PHRASE * (words // 8),
-            "parameters": {"max_new_tokens": NEW_TOKENS, "temperature": 99, "details": True,
-                           "return_full_text": False},
+            "parameters": {"max_new_tokens": NEW_TOKENS, "temperature": 99, "details": True, "return_full_text": False},
         }
         t0 = time.monotonic()
         try:
-            resp = self.client.invoke_endpoint(EndpointName=self.endpoint, ContentType="application/json",
-                                               Body=json.dumps(body))
+            resp = self.client.invoke_endpoint(EndpointName=self.endpoint, ContentType="application/json", Body=json.dumps(body))
         except self.client.exceptions.ModelError as exc:
             code = exc.response.get("OriginalStatusCode")
             if code == 429:
@@ -277,8 +274,10 @@ def fmt(v: float | None, spec: str) -> str:
 
 
 def table(results: list[ProbeResult]) -> tuple[list[str], list[float]]:
-    head = (f"{'words':>5} {'c':>4} {'B_eff':>6} | {'seed tok/s':>10} {'emu tok/s':>9} {'Δ%':>6} | "
-            f"{'seed ms/tok':>11} {'emu ms/tok':>10} {'Δ%':>6} | {'timeouts':>8}")
+    head = (
+        f"{'words':>5} {'c':>4} {'B_eff':>6} | {'seed tok/s':>10} {'emu tok/s':>9} {'Δ%':>6} | "
+        f"{'seed ms/tok':>11} {'emu ms/tok':>10} {'Δ%':>6} | {'timeouts':>8}"
+    )
     lines = [head, "-" * len(head)]
     errors: list[float] = []
     for r in results:
@@ -303,13 +302,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eta", type=float, default=0.70, help="benchmark-client duty factor (1 = raw burst)")
     ap.add_argument("--words", default=",".join(map(str, WORDS)))
     ap.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)))
-    ap.add_argument("--spread", choices=("split", "uniform"), default="split",
-                    help="how B_eff is spread over client threads (see client_duties)")
+    ap.add_argument(
+        "--spread",
+        choices=("split", "uniform"),
+        default="split",
+        help="how B_eff is spread over client threads (see client_duties)",
+    )
     ap.add_argument("--burst-runs", type=int, default=3, help="runs per c of the 6,400-word raw-burst probe (0 = skip)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where to save the table ('-' = don't)")
     ap.add_argument("--check", action="store_true", help="exit 1 if any seeded figure is off by more than 15%%")
-    ap.add_argument("--http", metavar="URL",
-                    help="drive an emulator endpoint over HTTP instead of in-process ('local' = start one here)")
+    ap.add_argument(
+        "--http", metavar="URL", help="drive an emulator endpoint over HTTP instead of in-process ('local' = start one here)"
+    )
     ap.add_argument("--http-time-scale", type=float, default=50.0, help="time_scale the HTTP server runs at")
     ap.add_argument("--endpoint-name", default="mistral-7b-instruct")
     args = ap.parse_args(argv)
@@ -319,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     server = None
     if args.http == "local":  # start sagebatch.tooling.emulator.server in-process, backed by a TgiScheduler
         try:
-            from sagebatch.tooling.emulator.server import Emulator, EmulatorServer  # noqa: PLC0415
+            from sagebatch.tooling.emulator.server import Emulator, EmulatorServer
         except ImportError as exc:
             print(f"--http local: sagebatch.tooling.emulator.server unavailable ({exc}); skipping", file=sys.stderr)
             return 0
@@ -330,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             driver = HttpDriver(args.http, args.http_time_scale, args.endpoint_name)
             driver.call(128)
-        except Exception as exc:  # noqa: BLE001 - the server is optional
+        except Exception as exc:
             print(f"--http {args.http}: endpoint unavailable ({exc!r}); skipping", file=sys.stderr)
             return 0
         mode = f"HTTP {args.http} (server time_scale {args.http_time_scale:g})"
@@ -346,8 +350,11 @@ def main(argv: list[str] | None = None) -> int:
         for c in conc_list:
             r = run_probe(driver, words, c, args.eta, args.spread)
             results.append(r)
-            print(f"  {words} words c={c}: {fmt(r.throughput, '.0f')} tok/s, p50 {fmt(r.p50, '.1f')} ms/tok, "
-                  f"{r.timeouts} timeouts", file=sys.stderr, flush=True)
+            print(
+                f"  {words} words c={c}: {fmt(r.throughput, '.0f')} tok/s, p50 {fmt(r.p50, '.1f')} ms/tok, {r.timeouts} timeouts",
+                file=sys.stderr,
+                flush=True,
+            )
 
     lines = [
         "Emulator calibration against the published JumpStart table (Mistral 7B Instruct, TGI 1.1, ml.g5.2xlarge)",
@@ -361,18 +368,22 @@ def main(argv: list[str] | None = None) -> int:
     bad = [e for e in errors if e > TOLERANCE * 100]
     lines.append("")
     if errors:
-        lines.append(f"Seeded figures compared: {len(errors)}; mean |Δ| {statistics.mean(errors):.1f}%, "
-                     f"max |Δ| {max(errors):.1f}%; {len(bad)} outside ±15%.")
+        lines.append(
+            f"Seeded figures compared: {len(errors)}; mean |Δ| {statistics.mean(errors):.1f}%, "
+            f"max |Δ| {max(errors):.1f}%; {len(bad)} outside ±15%."
+        )
     first_timeout = next((r.c for r in results if r.words == 6400 and r.timeouts), None)
     if 6400 in words_list:
-        lines.append(f"6,400 words, benchmark-client mode: first timeouts at c = {first_timeout} "
-                     f"(seed: '–' i.e. timeouts from c = 16).")
+        lines.append(
+            f"6,400 words, benchmark-client mode: first timeouts at c = {first_timeout} (seed: '–' i.e. timeouts from c = 16)."
+        )
 
     if args.burst_runs > 0 and 6400 in words_list:
-        lines += ["", f"6,400-word raw-burst probe (eta = 1: c threads at t = 0, 3*c requests, zero think), "
-                      f"{args.burst_runs} runs per c:",
-                  f"{'c':>4} | {'timeouts per run':>17} | {'mean':>5} | {'reference DES':>13} | "
-                  f"{'longest success s':>17}"]
+        lines += [
+            "",
+            f"6,400-word raw-burst probe (eta = 1: c threads at t = 0, 3*c requests, zero think), {args.burst_runs} runs per c:",
+            f"{'c':>4} | {'timeouts per run':>17} | {'mean':>5} | {'reference DES':>13} | {'longest success s':>17}",
+        ]
         burst_first = None
         for c in (4, 8, 12, 16, 24, 32):
             runs = [run_probe(driver, 6400, c, 1.0) for _ in range(args.burst_runs)]
@@ -380,8 +391,10 @@ def main(argv: list[str] | None = None) -> int:
             longest = max((max(r.latencies) * NEW_TOKENS / 1000.0 for r in runs if r.latencies), default=None)
             if burst_first is None and any(counts):
                 burst_first = c
-            lines.append(f"{c:>4} | {' '.join(map(str, counts)):>17} | {statistics.mean(counts):>5.1f} | "
-                         f"{REF_BURST_TIMEOUTS.get(c, ''):>13} | {fmt(longest, '17.1f')}")
+            lines.append(
+                f"{c:>4} | {' '.join(map(str, counts)):>17} | {statistics.mean(counts):>5.1f} | "
+                f"{REF_BURST_TIMEOUTS.get(c, ''):>13} | {fmt(longest, '17.1f')}"
+            )
         lines.append(f"Raw burst: first timeouts at c = {burst_first}.")
 
     if server is not None:

@@ -12,15 +12,19 @@ the three, 128 output tokens at temperature 99 as the seed's benchmark, so no EO
 
 Compared: endpoint calls, output tokens, the endpoint's busy time with the job (predicted duration vs measured
 `worker_seconds`: one local environment, so the time its caller had a call of the job in flight), `endpoint_seconds`
-and the estimated cost. The job's wall time (created -> finished, x K) is shown too: it adds intake, shard pickup and
-finalize, which the local poller and moto stretch by K.
+and the total cost (the measured one priced again on model seconds). The job's wall time (created -> finished, x K)
+is shown too: it adds intake, shard pickup and finalize, which the local poller and moto stretch by K.
+
+The time scale is a compromise: the pipeline's own CPU time (moto, HTTP, tokenizing, on 2 cores) is stretched by K
+too, so a high K makes the measured times longer (129-token workload: about +10 % from K = 2 to 8, +35 % at 20).
 
 The local stack builds its caller on the first worker invocation; several invocations start at once and each may
 build its own (service.py's lru_cache does not serialise construction), which would run the first shards with two to
 four times the limiter's cap. Unless --cold, the caller is built once before the file is dropped, so every shard runs
 through one caller as in one Lambda environment.
 
-Run:  PYTHONPATH=shared .venv/bin/python bench/estimate.py      (about 2 minutes; writes bench/results/estimate.txt)
+Run:  make bench-estimate, or PYTHONPATH=shared .venv/bin/python bench/estimate.py  (about 1.5 minutes on 2 cores;
+writes bench/results/estimate.txt)
 """
 
 from __future__ import annotations
@@ -64,8 +68,11 @@ def make_file(path: Path, mix: dict[int, float], count: int, seed: int) -> None:
     with path.open("w", encoding="utf-8") as out:
         for i in range(count):
             words = WORDS[rng.choices(sizes, weights)[0]]
-            record = {"id": i, "inputs": (PHRASE * (words // 8)).rstrip(),
-                      "parameters": {"max_new_tokens": 128, "temperature": 99}}
+            record = {
+                "id": i,
+                "inputs": (PHRASE * (words // 8)).rstrip(),
+                "parameters": {"max_new_tokens": 128, "temperature": 99},
+            }
             out.write(json.dumps(record) + "\n")
 
 
@@ -104,6 +111,20 @@ def measured(path: Path, time_scale: float, cold: bool) -> dict[str, Any]:
         logger.setLevel(level)
 
 
+def measured_cost(manifest: dict[str, Any], k: float, shards: int) -> float:
+    """The run's cost with its times in model seconds (the manifest's own is priced on the sped-up wall time)."""
+    from sagebatch.domain.cost import JobCounts, job_cost
+
+    counts = JobCounts(
+        records=manifest["counts"]["total"],
+        shards=shards,
+        endpoint_calls=manifest["endpoint_calls"],
+        output_tokens=manifest["tokens"]["output"],
+        worker_seconds=manifest["worker_seconds"] * k,
+    )
+    return float(job_cost(manifest["endpoint_seconds"] * k, counts, manifest["cost"]["endpoint_hourly_price"])["total_usd"])
+
+
 def error(pred: float, meas: float) -> str:
     return f"{100.0 * (pred - meas) / meas:+.1f}%" if meas else "-"
 
@@ -115,43 +136,54 @@ def compare(name: str, spec: dict[str, Any], args: argparse.Namespace, folder: P
     meas = measured(path, args.time_scale, args.cold)
     k = args.time_scale
     row = {
-        "workload": name, "records": spec["records"],
+        "workload": name,
+        "records": spec["records"],
         "calls": (pred["endpoint_calls"], meas["endpoint_calls"]),
         "output_tokens": (pred["output_tokens"], meas["tokens"]["output"]),
         "input_tokens": (pred["input_tokens"], meas["tokens"]["input"]),
         "busy_s": (pred["duration_s"], meas["worker_seconds"] * k),
         "endpoint_s": (pred["endpoint_seconds"], meas["endpoint_seconds"] * k),
         "job_s": meas["timings"]["duration_s"] * k,
-        "cost_usd": (pred["cost"]["total_usd"], None),
+        "cost_usd": (pred["cost"]["total_usd"], measured_cost(meas, k, pred["shards"])),
         "mean_in_flight": pred["mean_in_flight"],
         "wall_s": meas["_wall_s"],
     }
-    print(f"  [{name}] predicted {pred['duration_s']:.1f} s busy, measured {row['busy_s'][1]:.1f} s "
-          f"({error(*row['busy_s'])}); job {row['job_s']:.1f} s; {row['wall_s']:.1f} s wall", flush=True)
+    print(
+        f"  [{name}] predicted {pred['duration_s']:.1f} s busy, measured {row['busy_s'][1]:.1f} s "
+        f"({error(*row['busy_s'])}); job {row['job_s']:.1f} s; {row['wall_s']:.1f} s wall",
+        flush=True,
+    )
     return row
 
 
 def table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    header = (
+        f"{'workload':<12} {'records':>7} {'calls p/m':>9} {'out tok p/m':>13} {'busy s pred':>11} {'meas':>6} "
+        f"{'err':>7} {'endpoint s pred':>15} {'meas':>6} {'err':>7} {'cost $ pred':>11} {'meas':>8} {'err':>7} "
+        f"{'job s meas':>10}"
+    )
     lines = [
-        f"sagebatch estimate --local vs sagebatch run --perf --time-scale {args.time_scale:g} "
-        f"(model seconds; caller {'built by the first invocations' if args.cold else 'built once, before the job'})",
+        f"sagebatch estimate --local vs sagebatch run --perf --time-scale {args.time_scale:g} (model seconds; "
+        f"caller {'built by the first invocations' if args.cold else 'built once, before the job'})",
         "",
-        f"{'workload':<12} {'records':>7} {'calls pred/meas':>15} {'out tok pred/meas':>19} {'busy s pred':>11} "
-        f"{'busy s meas':>11} {'err':>7} {'endpoint s pred':>15} {'meas':>7} {'err':>7} {'job s meas':>10}",
+        header,
+        "-" * len(header),
     ]
-    lines.append("-" * len(lines[-1]))
     for r in rows:
+        calls = "{}/{}".format(*r["calls"])
+        tokens = "{:.0f}/{}".format(*r["output_tokens"])
         lines.append(
-            f"{r['workload']:<12} {r['records']:>7} {r['calls'][0]:>7}/{r['calls'][1]:<7} "
-            f"{r['output_tokens'][0]:>9.0f}/{r['output_tokens'][1]:<9} {r['busy_s'][0]:>11.1f} {r['busy_s'][1]:>11.1f} "
-            f"{error(*r['busy_s']):>7} {r['endpoint_s'][0]:>15.2f} {r['endpoint_s'][1]:>7.2f} {error(*r['endpoint_s']):>7} "
-            f"{r['job_s']:>10.1f}")
+            f"{r['workload']:<12} {r['records']:>7} {calls:>9} "
+            f"{tokens:>13} {r['busy_s'][0]:>11.1f} {r['busy_s'][1]:>6.1f} "
+            f"{error(*r['busy_s']):>7} {r['endpoint_s'][0]:>15.1f} {r['endpoint_s'][1]:>6.1f} {error(*r['endpoint_s']):>7} "
+            f"{r['cost_usd'][0]:>11.5f} {r['cost_usd'][1]:>8.5f} {error(*r['cost_usd']):>7} {r['job_s']:>10.1f}"
+        )
     return "\n".join(lines)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--time-scale", type=float, default=10.0, help="model seconds per wall second")
+    parser.add_argument("--time-scale", type=float, default=4.0, help="model seconds per wall second")
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--cold", action="store_true", help="let the first worker invocations build the caller")

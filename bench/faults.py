@@ -19,11 +19,11 @@ import sys
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 
-import json  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import json
+import subprocess
+import tempfile
+import time
+from pathlib import Path
 
 ROOT = Path(_HERE).parent
 
@@ -33,7 +33,7 @@ def main(argv: list[str]) -> int:
     if "--out" in argv:
         index = argv.index("--out")
         out = Path(argv[index + 1])
-        argv = argv[:index] + argv[index + 2:]
+        argv = argv[:index] + argv[index + 2 :]
     sys.path.insert(0, str(ROOT))
     from tests.faults.conftest import format_table
 
@@ -43,11 +43,16 @@ def main(argv: list[str]) -> int:
         started = time.monotonic()
         process = subprocess.run(
             [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/faults", *argv],
-            cwd=ROOT, env=env, capture_output=True, text=True,
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
         )
         elapsed = time.monotonic() - started
         rows = json.loads(table.read_text()) if table.exists() else []
-    summary = next((line for line in reversed(process.stdout.splitlines()) if " in " in line and ("passed" in line or "failed" in line)), "")
+    summary = next(
+        (line for line in reversed(process.stdout.splitlines()) if " in " in line and ("passed" in line or "failed" in line)), ""
+    )
     if not rows or process.returncode != 0:
         sys.stdout.write(process.stdout[-20000:] + process.stderr[-5000:])
     if not rows:

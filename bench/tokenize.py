@@ -26,23 +26,76 @@ from pathlib import Path
 # sys.path, where it would shadow that module for everything imported below.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-import argparse  # noqa: E402
-import random  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable, Sequence  # noqa: E402
-from concurrent.futures import ThreadPoolExecutor  # noqa: E402
+import argparse
+import random
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
-from sagebatch.domain.budget import TokenBudget  # noqa: E402
-from sagebatch.domain.fitting import Call, answer  # noqa: E402
-from sagebatch.domain.generation import Generation  # noqa: E402
-from sagebatch.domain.records import DocumentRecord, FitSettings, Strategy  # noqa: E402
-from sagebatch.domain.tokens import get_tokenizer  # noqa: E402
+from sagebatch.domain.budget import TokenBudget
+from sagebatch.domain.fitting import Call, answer
+from sagebatch.domain.generation import Generation
+from sagebatch.domain.records import DocumentRecord, FitSettings, Strategy
+from sagebatch.domain.tokens import get_tokenizer
 
-WORDS = (
-    "the of and to in is that for it as was with be by on not he this are or his from at which but "
-    "have an they you were her she there been one all we their has would when if so no will more "
-    "system budget endpoint request token model latency throughput document paragraph"
-).split()
+WORDS = [
+    "the",
+    "of",
+    "and",
+    "to",
+    "in",
+    "is",
+    "that",
+    "for",
+    "it",
+    "as",
+    "was",
+    "with",
+    "be",
+    "by",
+    "on",
+    "not",
+    "he",
+    "this",
+    "are",
+    "or",
+    "his",
+    "from",
+    "at",
+    "which",
+    "but",
+    "have",
+    "an",
+    "they",
+    "you",
+    "were",
+    "her",
+    "she",
+    "there",
+    "been",
+    "one",
+    "all",
+    "we",
+    "their",
+    "has",
+    "would",
+    "when",
+    "if",
+    "so",
+    "no",
+    "will",
+    "more",
+    "system",
+    "budget",
+    "endpoint",
+    "request",
+    "token",
+    "model",
+    "latency",
+    "throughput",
+    "document",
+    "paragraph",
+]
 UNICODE = [
     "Crème brûlée à la façade naïve.",
     "東京は日本の首都です。北京は中国の首都です。",

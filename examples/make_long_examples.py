@@ -374,10 +374,50 @@ def make_passage(seed: int = 1) -> str:
 # --------------------------------------------------------------------------
 # The long document: a year's chronicle of an invented city's cable department
 
-DISTRICTS = ["Marrowgate", "Saltreach", "Fennick Hill", "the Tanneries", "Lower Quay", "Orchard Row", "Bellweather", "Copperfield Yards"]
-MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"]
-ASSETS = ["feeder", "service drop", "signal pair", "fiber trunk", "streetlight loop", "traffic controller lead", "pump-station cable", "tram catenary feed"]
-CAUSES = ["rodent gnawing", "water ingress", "a contractor's excavator", "age and heat", "rodent gnawing", "a failed splice", "rodent gnawing", "frost heave"]
+DISTRICTS = [
+    "Marrowgate",
+    "Saltreach",
+    "Fennick Hill",
+    "the Tanneries",
+    "Lower Quay",
+    "Orchard Row",
+    "Bellweather",
+    "Copperfield Yards",
+]
+MONTHS = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+]
+ASSETS = [
+    "feeder",
+    "service drop",
+    "signal pair",
+    "fiber trunk",
+    "streetlight loop",
+    "traffic controller lead",
+    "pump-station cable",
+    "tram catenary feed",
+]
+CAUSES = [
+    "rodent gnawing",
+    "water ingress",
+    "a contractor's excavator",
+    "age and heat",
+    "rodent gnawing",
+    "a failed splice",
+    "rodent gnawing",
+    "frost heave",
+]
 ACTIONS = [
     "replaced {n} meters of cable and sealed the duct ends with steel wool and mortar",
     "re-spliced the joint and wrapped it in stainless mesh",

@@ -4,15 +4,16 @@ the local emulator over real HTTP."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
 
-from sagebatch.tooling.emulator.server import Emulator, EmulatorServer
 from sagebatch.endpoint.sagemaker import runtime_client_config
+from sagebatch.tooling.emulator.server import Emulator, EmulatorServer
 from sagebatch.tooling.local.session import LocalRun, local_stack
 from sagebatch.tooling.local.stack import use_fake_aws_environment
 

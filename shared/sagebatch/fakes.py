@@ -31,10 +31,9 @@ from sagebatch.domain.events import JobStateChange
 from sagebatch.domain.generation import EndpointError, ErrorKind, Generation
 from sagebatch.domain.job import ACTIVE, Job, JobStatus, ShardCounts, sources
 from sagebatch.domain.messages import FinalizeRequest, Shard
-from sagebatch.domain.results import ResultLine, StopReason
+from sagebatch.domain.results import StopReason
 from sagebatch.domain.tokens import MistralTokenizer, get_tokenizer
 from sagebatch.ports import (
-    WorkItem,
     EndpointCaller,
     InputUnreadable,
     LineSpan,
@@ -43,11 +42,12 @@ from sagebatch.ports import (
     ObjectInfo,
     PublishFailed,
     SendFailed,
+    WorkItem,
 )
 from sagebatch.settings import Settings
+from sagebatch.usecases.batch import FINAL_ATTEMPT_RECEIVE_COUNT
 from sagebatch.usecases.finalize import Finalizer, ResultsIncomplete
 from sagebatch.usecases.intake import Intake, IntakeOutcome
-from sagebatch.usecases.batch import FINAL_ATTEMPT_RECEIVE_COUNT
 from sagebatch.usecases.lease import Busy
 from sagebatch.usecases.parts import PartsResultStore
 from sagebatch.usecases.record_runner import RecordRunner

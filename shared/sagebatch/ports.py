@@ -7,8 +7,9 @@ client (sagebatch.endpoint) implements `EndpointCaller`. The use cases import on
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import IO, Any, Iterable, Iterator, Protocol
+from typing import IO, Any, Protocol
 
 from pydantic import BaseModel
 

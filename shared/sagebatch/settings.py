@@ -33,7 +33,7 @@ class InputLocation(BaseModel):
     prefix: str = ""
 
     @classmethod
-    def parse(cls, uri: str) -> "InputLocation":
+    def parse(cls, uri: str) -> InputLocation:
         match = _LOCATION.match(uri)
         if match is None:
             raise ValueError(f"allowed input location {uri!r} is not s3://bucket/prefix (no spaces or wildcards)")

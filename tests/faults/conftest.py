@@ -22,15 +22,16 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import boto3
 import pytest
 
-from sagebatch.lambdas import service
 from sagebatch.domain.layout import manifest_key, results_key
+from sagebatch.lambdas import service
 from sagebatch.tooling.local.faults import CallLog, generations_per_line, marked_records, serialize_moto
 from sagebatch.tooling.local.runner import EventSourcePoller, LambdaContext, sqs_event
 from sagebatch.tooling.local.session import LocalRun, local_stack
@@ -56,7 +57,7 @@ class DuplicateWork(AssertionError):
 
 @dataclass
 class FaultJob:
-    harness: "Harness"
+    harness: Harness
     tag: str
     records: list[dict[str, Any]]
     job_id: str
@@ -131,15 +132,20 @@ class Harness:
     def send(self, logical: str, body: str) -> None:
         self.sqs.send_message(QueueUrl=self.queue(logical), MessageBody=body)
 
-    def invoke(self, function: str, bodies: list[str], message_ids: list[str] | None = None,
-               context: Any = None, receive_count: int = 1) -> set[str]:
+    def invoke(
+        self, function: str, bodies: list[str], message_ids: list[str] | None = None, context: Any = None, receive_count: int = 1
+    ) -> set[str]:
         """Call `function`'s handler directly with an SQS event of `bodies` (as one Lambda invocation);
         return the message ids it reported as failed (all of them when it raised)."""
         trigger = next(t for t in self.run.poller.triggers if t.function == function)
         ids = message_ids or [str(uuid.uuid4()) for _ in bodies]
         messages = [
-            {"MessageId": mid, "ReceiptHandle": f"direct-{uuid.uuid4().hex}", "Body": body,
-             "Attributes": {"ApproximateReceiveCount": str(receive_count), "SentTimestamp": str(int(time.time() * 1000))}}
+            {
+                "MessageId": mid,
+                "ReceiptHandle": f"direct-{uuid.uuid4().hex}",
+                "Body": body,
+                "Attributes": {"ApproximateReceiveCount": str(receive_count), "SentTimestamp": str(int(time.time() * 1000))},
+            }
             for mid, body in zip(ids, bodies)
         ]
         event = sqs_event(messages, self.run.stack.physical[trigger.queue]["Arn"])
@@ -184,7 +190,7 @@ class Harness:
         job_state = self.run.jobs.get_job(job.job_id)
         try:
             results = self.run.results(job.job_id)
-        except Exception:  # noqa: BLE001 - no results.jsonl: every line is lost
+        except Exception:
             results = []
         manifest = self.run.manifest(job.job_id) if results else {}
         lines = [r["line"] for r in results]
@@ -194,9 +200,15 @@ class Harness:
         over = {line: generations[line] for line in expected_lines if generations[line] > allow.get(line, 1)}
         doubled = repeated + sum(generations[line] - allow.get(line, 1) for line in over)
         row = {
-            "test": os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" ", 1)[0], "outcome": "?",
-            "fault": fault, "faults_tried": faults_tried, "records": n, "processed": len(set(lines) & set(expected_lines)),
-            "lost": lost, "doubled": doubled, "seconds": round(time.monotonic() - self.started, 1),
+            "test": os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" ", 1)[0],
+            "outcome": "?",
+            "fault": fault,
+            "faults_tried": faults_tried,
+            "records": n,
+            "processed": len(set(lines) & set(expected_lines)),
+            "lost": lost,
+            "doubled": doubled,
+            "seconds": round(time.monotonic() - self.started, 1),
         }
         ROWS.append(row)
 
@@ -320,9 +332,20 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 
 def format_table(rows: list[dict[str, Any]]) -> list[str]:
     """The reliability table: per fault, how many faults were injected, records processed, lost and doubled."""
-    total = {"fault": "total", "outcome": "", **{k: sum(r[k] for r in rows) for k in ("faults_tried", "processed", "records", "lost", "doubled")}}
+    total = {
+        "fault": "total",
+        "outcome": "",
+        **{k: sum(r[k] for r in rows) for k in ("faults_tried", "processed", "records", "lost", "doubled")},
+    }
     cells = [["fault", "outcome", "faults tried", "records processed", "lost", "doubled"]] + [
-        [r["fault"], r["outcome"], str(r["faults_tried"]), f"{r['processed']} of {r['records']}", str(r["lost"]), str(r["doubled"])]
+        [
+            r["fault"],
+            r["outcome"],
+            str(r["faults_tried"]),
+            f"{r['processed']} of {r['records']}",
+            str(r["lost"]),
+            str(r["doubled"]),
+        ]
         for r in [*rows, total]
     ]
     widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]

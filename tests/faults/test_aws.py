@@ -10,10 +10,10 @@ import pytest
 
 from sagebatch.domain.layout import results_key
 from sagebatch.tooling.local.faults import (
-    After,
     S3_INTERNAL_ERROR,
     S3_SLOW_DOWN,
     THROTTLED,
+    After,
     fail_calls,
     fast_sdk_backoff,
     result_lines_of,
@@ -32,8 +32,9 @@ def test_throttling_below_the_attempt_limit_is_absorbed_by_the_sdk(harness):
     job = h.drop(12)
     with ExitStack() as faults, fast_sdk_backoff():
         rules = [
-            faults.enter_context(fail_calls("s3", "PutObject", S3_SLOW_DOWN, times=SDK_ATTEMPTS - 1,
-                                            match=lambda sent: 6 in result_lines_of(sent))),
+            faults.enter_context(
+                fail_calls("s3", "PutObject", S3_SLOW_DOWN, times=SDK_ATTEMPTS - 1, match=lambda sent: 6 in result_lines_of(sent))
+            ),
             faults.enter_context(fail_calls("dynamodb", "TransactWriteItems", THROTTLED, times=2)),
             faults.enter_context(fail_calls("dynamodb", "GetItem", THROTTLED, times=2)),
         ]
@@ -55,8 +56,10 @@ def test_persistent_throttling_of_a_result_write_fails_the_item_then_succeeds_on
     answered = After(lambda: wait_until(lambda: all(job.generations()[line] for line in range(5, 9))), S3_SLOW_DOWN)
 
     # When the stack runs the job
-    with fast_sdk_backoff(), fail_calls("s3", "PutObject", answered, times=SDK_ATTEMPTS,
-                                        match=lambda sent: 6 in result_lines_of(sent)) as fault:
+    with (
+        fast_sdk_backoff(),
+        fail_calls("s3", "PutObject", answered, times=SDK_ATTEMPTS, match=lambda sent: 6 in result_lines_of(sent)) as fault,
+    ):
         h.wait(job)
 
     # Then the shard was handed back as an item failure and completed on redelivery; line 6 cost at most one
@@ -75,7 +78,9 @@ def test_persistent_throttling_of_a_result_write_fails_the_item_then_succeeds_on
     ],
     ids=["slowdown-results-transient", "internal-error-results-persistent", "slowdown-manifest-persistent"],
 )
-def test_s3_errors_writing_the_results_are_retried_and_the_job_completes_once(harness, name, target, error, times, finalize_deliveries):
+def test_s3_errors_writing_the_results_are_retried_and_the_job_completes_once(
+    harness, name, target, error, times, finalize_deliveries
+):
     h = harness()
     # Given a 12-line job, and S3 failing `times` attempts to write the job's `target`
     # (5 = every SDK attempt of one write: the finalize message must come back)
@@ -84,8 +89,10 @@ def test_s3_errors_writing_the_results_are_retried_and_the_job_completes_once(ha
     h.wrap("FinalizerFunction", lambda original, event, context: deliveries.append(1) or original(event, context))
 
     # When the stack runs the job
-    with fast_sdk_backoff(), fail_calls("s3", "PutObject", error, times=times,
-                                        match=s3_key_endswith(f"/{job.job_id}/{target}")) as fault:
+    with (
+        fast_sdk_backoff(),
+        fail_calls("s3", "PutObject", error, times=times, match=s3_key_endswith(f"/{job.job_id}/{target}")) as fault,
+    ):
         h.wait(job)
 
     # Then the finalizer ran again when the SDK gave up, results.jsonl was written once (a second write only when

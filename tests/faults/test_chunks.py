@@ -22,8 +22,13 @@ def test_a_failed_combining_call_reuses_the_chunk_answers_on_redelivery():
         job_id = run.drop_file(data, "inputs/long-context.jsonl")
 
         # When the combining call crashes the worker once (after both chunk answers came back)
-        with fail_calls("sagemaker-runtime", "InvokeEndpoint", InjectedCrash("worker died during the combining call"),
-                        times=1, match=_is_combining_call) as fault:
+        with fail_calls(
+            "sagemaker-runtime",
+            "InvokeEndpoint",
+            InjectedCrash("worker died during the combining call"),
+            times=1,
+            match=_is_combining_call,
+        ) as fault:
             status = run.wait_for(job_id)
 
         # Then the record still succeeds on redelivery, and each chunk was generated once, not twice

@@ -6,9 +6,9 @@ import threading
 
 import pytest
 
+from sagebatch.domain.messages import FinalizeRequest, Shard
 from sagebatch.lambdas import service
 from sagebatch.tooling.local.faults import endpoint_line_of, fail_calls
-from sagebatch.domain.messages import FinalizeRequest, Shard
 from tests.faults.conftest import DuplicateWork, gate
 
 
@@ -56,8 +56,9 @@ def test_concurrent_duplicate_deliveries_of_a_shard_generate_each_line_once(harn
     # When two worker invocations process the copies concurrently (line 1's endpoint call is held until the
     # other copy asks for line 1 too, or 3 s pass: a service that claims the shard never sends the second)
     failed: list[set[str]] = []
-    with fail_calls("sagemaker-runtime", "InvokeEndpoint", gate(2), times=2,
-                    match=lambda sent: endpoint_line_of(sent, job.tag) == 1):
+    with fail_calls(
+        "sagemaker-runtime", "InvokeEndpoint", gate(2), times=2, match=lambda sent: endpoint_line_of(sent, job.tag) == 1
+    ):
         threads = [
             threading.Thread(target=lambda: failed.append(h.invoke("WorkerFunction", [message["Body"]], [message["MessageId"]])))
             for _ in range(2)
@@ -100,7 +101,8 @@ def test_concurrent_duplicate_notifications_enqueue_the_shards_once(harness):
 
 
 @pytest.mark.parametrize(
-    "kind, poison", [("not a shard", '{"job_id": "nope", "shard": "not a number"}'), ("not JSON", "this is not JSON")],
+    "kind, poison",
+    [("not a shard", '{"job_id": "nope", "shard": "not a number"}'), ("not JSON", "this is not JSON")],
     ids=["not-a-shard", "not-json"],
 )
 def test_a_poison_work_message_reaches_the_dlq_and_its_batch_mates_run_once(harness, kind, poison):
@@ -143,8 +145,10 @@ def test_two_workers_finishing_the_last_shards_together_finalize_once(harness):
     # "all shards done?" transitions, are sent together)
     outcomes = []
     both_count, both_try = gate(2), gate(2)
-    with fail_calls("dynamodb", "TransactWriteItems", both_count, times=2), \
-         fail_calls("dynamodb", "UpdateItem", both_try, times=2, match=lambda sent: b'"FINALIZING"' in sent.body):
+    with (
+        fail_calls("dynamodb", "TransactWriteItems", both_count, times=2),
+        fail_calls("dynamodb", "UpdateItem", both_try, times=2, match=lambda sent: b'"FINALIZING"' in sent.body),
+    ):
         threads = [threading.Thread(target=lambda s=s: outcomes.append(processor.process(s))) for s in shards[1:]]
         for thread in threads:
             thread.start()

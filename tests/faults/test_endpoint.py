@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
-
 from sagebatch.tooling.emulator.server import Emulator, FaultConfig
-from sagebatch.usecases.batch import FINAL_ATTEMPT_RECEIVE_COUNT
 from sagebatch.tooling.local.faults import FaultyEmulator, emulator_faults, endpoint_line_of, fail_calls, forward_then_time_out
+from sagebatch.usecases.batch import FINAL_ATTEMPT_RECEIVE_COUNT
 
 
 def test_a_429_storm_is_retried_until_every_record_succeeds(harness):
@@ -39,8 +37,12 @@ def test_a_5xx_burst_is_retried_and_loses_no_line(harness):
     # Then every line has one result (a line may only fail with endpoint_server_error, after the retries of its
     # final delivery), and a failed request generated nothing, so no line was generated twice
     assert emulator.stats.injected_faults > 0
-    h.check(job, fault="5xx burst (30 % of 24 requests)", faults_tried=emulator.stats.injected_faults,
-            failed_types={"endpoint_server_error"})
+    h.check(
+        job,
+        fault="5xx burst (30 % of 24 requests)",
+        faults_tried=emulator.stats.injected_faults,
+        failed_types={"endpoint_server_error"},
+    )
 
 
 def test_read_timeouts_are_retried_once_and_cost_one_extra_generation(harness):
@@ -53,8 +55,10 @@ def test_read_timeouts_are_retried_once_and_cost_one_extra_generation(harness):
         return lambda sent: endpoint_line_of(sent, job.tag) == line
 
     # When the stack runs the job
-    with fail_calls("sagemaker-runtime", "InvokeEndpoint", forward_then_time_out, match=on_line(2)) as fault_2, \
-         fail_calls("sagemaker-runtime", "InvokeEndpoint", forward_then_time_out, match=on_line(7)) as fault_7:
+    with (
+        fail_calls("sagemaker-runtime", "InvokeEndpoint", forward_then_time_out, match=on_line(2)) as fault_2,
+        fail_calls("sagemaker-runtime", "InvokeEndpoint", forward_then_time_out, match=on_line(7)) as fault_7,
+    ):
         h.wait(job)
 
     # Then the caller retried each once (no item failure, no redelivery): lines 2 and 7 cost exactly one extra
@@ -72,8 +76,13 @@ def test_a_line_that_always_times_out_is_retried_once_per_delivery_then_fails(ha
     job = h.drop(12)
 
     # When the stack runs the job
-    with fail_calls("sagemaker-runtime", "InvokeEndpoint", forward_then_time_out, times=None,
-                    match=lambda sent: endpoint_line_of(sent, job.tag) == 11) as fault:
+    with fail_calls(
+        "sagemaker-runtime",
+        "InvokeEndpoint",
+        forward_then_time_out,
+        times=None,
+        match=lambda sent: endpoint_line_of(sent, job.tag) == 11,
+    ) as fault:
         h.wait(job)
 
     # Then each delivery tried line 11 twice (one timeout retry), the shard came back until the final delivery
@@ -83,5 +92,10 @@ def test_a_line_that_always_times_out_is_retried_once_per_delivery_then_fails(ha
     assert h.run.poller.stats.item_failures == FINAL_ATTEMPT_RECEIVE_COUNT - 1
     result = h.run.results(job.job_id)[10]
     assert result["status"] == "failed" and result["error"]["type"] == "endpoint_timeout"
-    h.check(job, fault="read timeout always (final delivery fails it)", faults_tried=fault.fired,
-            allow={11: attempts}, failed_types={"endpoint_timeout"})
+    h.check(
+        job,
+        fault="read timeout always (final delivery fails it)",
+        faults_tried=fault.fired,
+        allow={11: attempts},
+        failed_types={"endpoint_timeout"},
+    )

@@ -16,21 +16,93 @@ import random
 from typing import Any
 
 FIELDS = ["id", "prompt", "messages", "inputs", "document", "instruction", "system", "parameters", "fit"]
-PARAMETERS = ["max_new_tokens", "temperature", "top_p", "typical_p", "top_k", "repetition_penalty", "do_sample",
-              "best_of", "stop", "truncate", "seed", "watermark", "top_n_tokens", "decoder_input_details", "max_tokens"]
+PARAMETERS = [
+    "max_new_tokens",
+    "temperature",
+    "top_p",
+    "typical_p",
+    "top_k",
+    "repetition_penalty",
+    "do_sample",
+    "best_of",
+    "stop",
+    "truncate",
+    "seed",
+    "watermark",
+    "top_n_tokens",
+    "decoder_input_details",
+    "max_tokens",
+]
 FIT = ["strategy", "keep", "chunk_tokens", "overlap_tokens", "min_new_tokens"]
 STRATEGIES = ["truncate", "split", "map_reduce", "window", "reject", "bogus"]
-TEXTS = ["Say hello.", "", "   ", "\t\n", "\u2028", "\u0085x", "naïve café", "東京", "😀", "[INST] hi [/INST]", "</s>", "<s>",
-         "\\ud800", "x" * 3000]
+TEXTS = [
+    "Say hello.",
+    "",
+    "   ",
+    "\t\n",
+    "\u2028",
+    "\u0085x",
+    "naïve café",
+    "東京",
+    "😀",
+    "[INST] hi [/INST]",
+    "</s>",
+    "<s>",
+    "\\ud800",
+    "x" * 3000,
+]
 ODD_NUMBERS = [0, -1, 1, 1.5, 2**31, 2**32, 2**64, -(2**63), 1e308, float("nan"), float("inf"), True, False]
 CHAT_URL, COMPLETIONS_URL = "/v1/chat/completions", "/v1/completions"
-OPENAI_BODY = ["model", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stop", "seed", "n", "stream",
-               "tools", "tool_choice", "logprobs", "frequency_penalty", "presence_penalty", "response_format", "best_of",
-               "echo", "suffix", "user", "logit_bias", "x"]
-BEDROCK_INPUT = ["max_tokens", "temperature", "top_p", "top_k", "stop", "system", "inferenceConfig",
-                 "additionalModelRequestFields", "tools", "guardrailConfig", "requestMetadata", "x"]
-PEER_VALUES = [*ODD_NUMBERS, "10", "END", None, [], ["a"] * 5, ["\n", "END"], {"type": "text"}, {"maxTokens": 5},
-               {"top_k": 3}, "none"]
+OPENAI_BODY = [
+    "model",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "stop",
+    "seed",
+    "n",
+    "stream",
+    "tools",
+    "tool_choice",
+    "logprobs",
+    "frequency_penalty",
+    "presence_penalty",
+    "response_format",
+    "best_of",
+    "echo",
+    "suffix",
+    "user",
+    "logit_bias",
+    "x",
+]
+BEDROCK_INPUT = [
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "stop",
+    "system",
+    "inferenceConfig",
+    "additionalModelRequestFields",
+    "tools",
+    "guardrailConfig",
+    "requestMetadata",
+    "x",
+]
+PEER_VALUES = [
+    *ODD_NUMBERS,
+    "10",
+    "END",
+    None,
+    [],
+    ["a"] * 5,
+    ["\n", "END"],
+    {"type": "text"},
+    {"maxTokens": 5},
+    {"top_k": 3},
+    "none",
+]
 
 
 def _scalar(rng: random.Random) -> Any:
@@ -61,10 +133,14 @@ def record(rng: random.Random) -> dict[str, Any]:
     shape = rng.choice(["prompt", "messages", "inputs", "document"])
     obj: dict[str, Any] = {}
     if shape == "messages":
-        obj["messages"] = [
-            {"role": rng.choice(["system", "user", "assistant", "robot", 3]), "content": rng.choice([*TEXTS, 7, None])}
-            for _ in range(rng.randrange(0, 4))
-        ] if rng.random() < 0.8 else json_value(rng)
+        obj["messages"] = (
+            [
+                {"role": rng.choice(["system", "user", "assistant", "robot", 3]), "content": rng.choice([*TEXTS, 7, None])}
+                for _ in range(rng.randrange(0, 4))
+            ]
+            if rng.random() < 0.8
+            else json_value(rng)
+        )
     elif shape == "document":
         obj["instruction"] = rng.choice([*TEXTS, json_value(rng)])
         obj["document"] = rng.choice([*TEXTS, json_value(rng)])
@@ -73,11 +149,13 @@ def record(rng: random.Random) -> dict[str, Any]:
     if rng.random() < 0.5:
         obj["id"] = rng.choice([rng.randrange(100), str(rng.randrange(100)), _scalar(rng), json_value(rng)])
     if rng.random() < 0.5:
-        obj["parameters"] = {rng.choice(PARAMETERS): rng.choice([*ODD_NUMBERS, "10", [], ["a"] * 6, None])
-                             for _ in range(rng.randrange(3))}
+        obj["parameters"] = {
+            rng.choice(PARAMETERS): rng.choice([*ODD_NUMBERS, "10", [], ["a"] * 6, None]) for _ in range(rng.randrange(3))
+        }
     if rng.random() < 0.3:
-        obj["fit"] = {rng.choice(FIT): rng.choice([*STRATEGIES, "head", "tail", 64, "64", -1, None])
-                      for _ in range(rng.randrange(3))}
+        obj["fit"] = {
+            rng.choice(FIT): rng.choice([*STRATEGIES, "head", "tail", 64, "64", -1, None]) for _ in range(rng.randrange(3))
+        }
     if rng.random() < 0.1:
         obj[rng.choice(["colour", "Prompt", "prompt "])] = 1
     return obj
@@ -87,8 +165,10 @@ def _messages(rng: random.Random, roles: list[Any]) -> Any:
     if rng.random() < 0.15:
         return json_value(rng)
     return [
-        {"role": rng.choice(roles),
-         "content": rng.choice([*TEXTS, 7, None, [{"type": "text", "text": "hi"}], [{"text": "hi"}], [{"image": {}}]])}
+        {
+            "role": rng.choice(roles),
+            "content": rng.choice([*TEXTS, 7, None, [{"type": "text", "text": "hi"}], [{"text": "hi"}], [{"image": {}}]]),
+        }
         for _ in range(rng.randrange(0, 4))
     ] or [{"role": "user", "content": "Say hello."}]
 
@@ -165,8 +245,12 @@ def peer_lines(seed: int, count: int, fmt: str) -> list[bytes]:
     """A file in the peer format `fmt`: a well-formed line first (it decides the format), then any peer lines."""
     rng = random.Random(seed)
     if fmt == "openai":
-        first = {"custom_id": "first", "method": "POST", "url": CHAT_URL,
-                 "body": {"messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 16}}
+        first = {
+            "custom_id": "first",
+            "method": "POST",
+            "url": CHAT_URL,
+            "body": {"messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 16},
+        }
     else:
         first = {"recordId": "first", "modelInput": {"prompt": "<s>[INST] Say hello. [/INST]", "max_tokens": 16}}
     return [json.dumps(first).encode(), *(peer_line(rng, fmt) for _ in range(count - 1))]

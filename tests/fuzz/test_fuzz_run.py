@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -12,8 +11,14 @@ from tests.fuzz.lines import lines
 
 FUZZ_LINES = 2000
 KNOWN_ERRORS = {
-    "invalid_json", "invalid_utf8", "empty_line", "line_too_large", "invalid_record", "invalid_parameters",
-    "unsupported_strategy", "context_length_exceeded",
+    "invalid_json",
+    "invalid_utf8",
+    "empty_line",
+    "line_too_large",
+    "invalid_record",
+    "invalid_parameters",
+    "unsupported_strategy",
+    "context_length_exceeded",
 }
 
 

@@ -28,8 +28,14 @@ from tests.fuzz.lines import peer_line, peer_lines
 
 FUZZ_LINES = 400
 KNOWN_ERRORS = {
-    "invalid_json", "invalid_utf8", "empty_line", "line_too_large", "invalid_record", "invalid_parameters",
-    "unsupported_strategy", "context_length_exceeded",
+    "invalid_json",
+    "invalid_utf8",
+    "empty_line",
+    "line_too_large",
+    "invalid_record",
+    "invalid_parameters",
+    "unsupported_strategy",
+    "context_length_exceeded",
 }
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import copy
 import re
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -20,8 +21,13 @@ TEMPLATE = load_template(ROOT / "template.yaml")
 RESOURCES = TEMPLATE["Resources"]
 FUNCTIONS = {k: v for k, v in RESOURCES.items() if v["Type"] == "AWS::Serverless::Function"}
 QUEUES = {k: v for k, v in RESOURCES.items() if v["Type"] == "AWS::SQS::Queue"}
-DLQS = sorted({q["Properties"]["RedrivePolicy"]["deadLetterTargetArn"]["Fn::GetAtt"][0]
-               for q in QUEUES.values() if "RedrivePolicy" in q["Properties"]})
+DLQS = sorted(
+    {
+        q["Properties"]["RedrivePolicy"]["deadLetterTargetArn"]["Fn::GetAtt"][0]
+        for q in QUEUES.values()
+        if "RedrivePolicy" in q["Properties"]
+    }
+)
 
 # X-Ray's PutTraceSegments and PutTelemetryRecords support no resource-level permissions: AWS requires
 # Resource "*" for them (the Lambda active-tracing permissions). Nothing else may use a bare "*".
@@ -35,39 +41,60 @@ EVENT_BUS = "event-bus/${EventBusName}"  # rendered: arn:${AWS::Partition}:event
 # call needs a new line here and in template.yaml; an unused grant fails this table.
 EXPECTED_GRANTS = {
     "IntakeFunctionRole": {
-        "sqs:ReceiveMessage": {"IntakeQueue"}, "sqs:DeleteMessage": {"IntakeQueue"}, "sqs:GetQueueAttributes": {"IntakeQueue"},
-        "s3:GetObject": {"DataBucket/*"}, "s3:GetObjectVersion": {"DataBucket/*"}, "s3:ListBucket": {"DataBucket"},
+        "sqs:ReceiveMessage": {"IntakeQueue"},
+        "sqs:DeleteMessage": {"IntakeQueue"},
+        "sqs:GetQueueAttributes": {"IntakeQueue"},
+        "s3:GetObject": {"DataBucket/*"},
+        "s3:GetObjectVersion": {"DataBucket/*"},
+        "s3:ListBucket": {"DataBucket"},
         "s3:PutObject": {"DataBucket/jobs/*", "DataBucket/outputs/*"},
         # upload_fileobj of a retry's input: Abort cleans up a failed multipart upload.
         "s3:AbortMultipartUpload": {"DataBucket/jobs/*"},
-        "dynamodb:GetItem": {"JobsTable"}, "dynamodb:PutItem": {"JobsTable"}, "dynamodb:UpdateItem": {"JobsTable"},
+        "dynamodb:GetItem": {"JobsTable"},
+        "dynamodb:PutItem": {"JobsTable"},
+        "dynamodb:UpdateItem": {"JobsTable"},
         "sqs:SendMessage": {"WorkQueue", "FinalizeQueue"},
         "events:PutEvents": {EVENT_BUS},  # CREATING, RUNNING, FAILED
-        "logs:CreateLogStream": {"IntakeLogGroup"}, "logs:PutLogEvents": {"IntakeLogGroup"},
-        "xray:PutTraceSegments": {"*"}, "xray:PutTelemetryRecords": {"*"},
+        "logs:CreateLogStream": {"IntakeLogGroup"},
+        "logs:PutLogEvents": {"IntakeLogGroup"},
+        "xray:PutTraceSegments": {"*"},
+        "xray:PutTelemetryRecords": {"*"},
     },
     "WorkerFunctionRole": {
-        "sqs:ReceiveMessage": {"WorkQueue"}, "sqs:DeleteMessage": {"WorkQueue"}, "sqs:GetQueueAttributes": {"WorkQueue"},
-        "s3:GetObject": {"DataBucket/*"}, "s3:GetObjectVersion": {"DataBucket/*"},
+        "sqs:ReceiveMessage": {"WorkQueue"},
+        "sqs:DeleteMessage": {"WorkQueue"},
+        "sqs:GetQueueAttributes": {"WorkQueue"},
+        "s3:GetObject": {"DataBucket/*"},
+        "s3:GetObjectVersion": {"DataBucket/*"},
         "s3:PutObject": {"DataBucket/outputs/*/records/*"},  # results too large for a DynamoDB item
         # TransactWriteItems is authorised per item: PutItem (shard marker) + UpdateItem (job counters).
-        "dynamodb:GetItem": {"JobsTable"}, "dynamodb:PutItem": {"JobsTable"}, "dynamodb:UpdateItem": {"JobsTable"},
+        "dynamodb:GetItem": {"JobsTable"},
+        "dynamodb:PutItem": {"JobsTable"},
+        "dynamodb:UpdateItem": {"JobsTable"},
         "dynamodb:Query": {"JobsTable"},
         "sqs:SendMessage": {"FinalizeQueue"},
         "sagemaker:InvokeEndpoint": {"endpoint/${EndpointName}"},
-        "logs:CreateLogStream": {"WorkerLogGroup"}, "logs:PutLogEvents": {"WorkerLogGroup"},
-        "xray:PutTraceSegments": {"*"}, "xray:PutTelemetryRecords": {"*"},
+        "logs:CreateLogStream": {"WorkerLogGroup"},
+        "logs:PutLogEvents": {"WorkerLogGroup"},
+        "xray:PutTraceSegments": {"*"},
+        "xray:PutTelemetryRecords": {"*"},
     },
     "FinalizerFunctionRole": {
-        "sqs:ReceiveMessage": {"FinalizeQueue"}, "sqs:DeleteMessage": {"FinalizeQueue"},
+        "sqs:ReceiveMessage": {"FinalizeQueue"},
+        "sqs:DeleteMessage": {"FinalizeQueue"},
         "sqs:GetQueueAttributes": {"FinalizeQueue"},
         # upload_fileobj: PutObject covers the multipart create/part/complete calls; Abort cleans up a failure.
-        "s3:PutObject": {"DataBucket/outputs/*"}, "s3:AbortMultipartUpload": {"DataBucket/outputs/*"},
+        "s3:PutObject": {"DataBucket/outputs/*"},
+        "s3:AbortMultipartUpload": {"DataBucket/outputs/*"},
         "s3:GetObject": {"DataBucket/outputs/*/records/*"},  # results too large for a DynamoDB item
-        "dynamodb:GetItem": {"JobsTable"}, "dynamodb:Query": {"JobsTable"}, "dynamodb:UpdateItem": {"JobsTable"},
+        "dynamodb:GetItem": {"JobsTable"},
+        "dynamodb:Query": {"JobsTable"},
+        "dynamodb:UpdateItem": {"JobsTable"},
         "events:PutEvents": {EVENT_BUS},  # FINALIZING, COMPLETED, CANCELLED, EXPIRED
-        "logs:CreateLogStream": {"FinalizerLogGroup"}, "logs:PutLogEvents": {"FinalizerLogGroup"},
-        "xray:PutTraceSegments": {"*"}, "xray:PutTelemetryRecords": {"*"},
+        "logs:CreateLogStream": {"FinalizerLogGroup"},
+        "logs:PutLogEvents": {"FinalizerLogGroup"},
+        "xray:PutTraceSegments": {"*"},
+        "xray:PutTelemetryRecords": {"*"},
     },
 }
 
@@ -104,7 +131,7 @@ def resource_policy_statements(template: dict[str, Any]) -> Iterator[tuple[str, 
 def references(expression: Any) -> set[str]:
     """Names (resources, parameters, pseudo parameters) an intrinsic expression refers to."""
     if isinstance(expression, dict) and len(expression) == 1:
-        (kind, argument), = expression.items()
+        ((kind, argument),) = expression.items()
         if kind == "Ref":
             return {argument}
         if kind == "Fn::GetAtt":
@@ -210,7 +237,8 @@ def unencrypted_stores(template: dict[str, Any]) -> list[str]:
 
 def tables_without_pitr(template: dict[str, Any]) -> list[str]:
     return [
-        name for name, resource in template["Resources"].items()
+        name
+        for name, resource in template["Resources"].items()
         if resource["Type"] == "AWS::DynamoDB::Table"
         and resource["Properties"].get("PointInTimeRecoverySpecification", {}).get("PointInTimeRecoveryEnabled") is not True
     ]
@@ -357,7 +385,12 @@ def test_the_allowed_input_pattern_refuses_wildcards_spaces_and_bare_buckets():
     for good in ("", "s3://partner-data/batches/", "s3://a-bucket/,s3://b.bucket/in/2024-"):
         assert pattern.match(good), good
     bad_values = (
-        "s3://partner-data/*", "s3://partner-data/a?", "s3://partner-data", "s3://b/x, s3://c/", "arn:aws:s3:::b/x", "s3://B/x",
+        "s3://partner-data/*",
+        "s3://partner-data/a?",
+        "s3://partner-data",
+        "s3://b/x, s3://c/",
+        "arn:aws:s3:::b/x",
+        "s3://B/x",
     )
     for bad in bad_values:
         assert not pattern.match(bad), bad
@@ -366,7 +399,7 @@ def test_the_allowed_input_pattern_refuses_wildcards_spaces_and_bare_buckets():
 def _evaluate(expression: Any, parameters: dict[str, str]) -> Any:
     """Just enough of CloudFormation to evaluate the Fn::Split / Fn::Join / Ref ARN expression."""
     if isinstance(expression, dict):
-        (kind, argument), = expression.items()
+        ((kind, argument),) = expression.items()
         if kind == "Ref":
             return parameters[argument]
         if kind == "Fn::Split":
@@ -383,7 +416,7 @@ def test_extra_input_locations_are_readable_only_when_set_and_only_under_their_p
     # Given the policy that grants reads on AllowedInputLocations
     policy = RESOURCES["AllowedInputsReadPolicy"]
     condition = TEMPLATE["Conditions"][policy["Condition"]]
-    statement, = policy["Properties"]["PolicyDocument"]["Statement"]
+    (statement,) = policy["Properties"]["PolicyDocument"]["Statement"]
 
     # When its resource ARNs are evaluated for two locations
     arns = _evaluate(statement["Resource"], {"AllowedInputLocations": "s3://partner-data/batches/,s3://archive/"})
@@ -399,13 +432,17 @@ def test_finished_jobs_may_be_published_only_to_the_configured_topic_and_only_wh
     # Given the policy that grants sns:Publish for job notifications
     policy = RESOURCES["NotificationTopicPublishPolicy"]
     condition = TEMPLATE["Conditions"][policy["Condition"]]
-    statement, = policy["Properties"]["PolicyDocument"]["Statement"]
+    (statement,) = policy["Properties"]["PolicyDocument"]["Statement"]
 
     # Then it exists only when NotificationTopicArn is set, allows Publish alone, on that topic alone, to the two
     # functions that publish finished jobs (intake: FAILED; finalizer: COMPLETED, CANCELLED, EXPIRED)
     assert condition == {"Fn::Not": [{"Fn::Equals": [{"Ref": "NotificationTopicArn"}, ""]}]}
     assert TEMPLATE["Parameters"]["NotificationTopicArn"]["Default"] == ""
-    assert (statement["Effect"], statement["Action"], statement["Resource"]) == ("Allow", "sns:Publish", {"Ref": "NotificationTopicArn"})
+    assert (statement["Effect"], statement["Action"], statement["Resource"]) == (
+        "Allow",
+        "sns:Publish",
+        {"Ref": "NotificationTopicArn"},
+    )
     assert policy["Properties"]["Roles"] == [{"Ref": "IntakeFunctionRole"}, {"Ref": "FinalizerFunctionRole"}]
     assert not [s for _, s in identity_statements(TEMPLATE) if "sns:Publish" in as_list(s["Action"]) and s is not statement]
 
@@ -445,7 +482,8 @@ def test_reserved_concurrency_is_never_below_the_event_source_maximum(name):
 def test_every_dead_letter_queue_alarms_on_its_first_message(dlq):
     # Given the CloudWatch alarms; When the one watching this DLQ is looked for
     alarms = [
-        r["Properties"] for r in RESOURCES.values()
+        r["Properties"]
+        for r in RESOURCES.values()
         if r["Type"] == "AWS::CloudWatch::Alarm"
         and {"Name": "QueueName", "Value": {"Fn::GetAtt": [dlq, "QueueName"]}} in r["Properties"].get("Dimensions", [])
     ]
@@ -500,22 +538,27 @@ PLANTED = {
     "allow-all in a queue policy": (wildcard_actions, lambda t: _first_statement(t, "IntakeQueuePolicy").update(Action="*")),
     "bare * resource": (unscoped_resources, _set("IntakeFunctionRole", "JobState", Resource="*")),
     "literal foreign bucket": (
-        unscoped_resources, _set("WorkerFunctionRole", "ReadShardRangesInStackBucket", Resource="arn:aws:s3:::someone-else/*")
+        unscoped_resources,
+        _set("WorkerFunctionRole", "ReadShardRangesInStackBucket", Resource="arn:aws:s3:::someone-else/*"),
     ),
     "pseudo-parameter-only ARN": (
-        unscoped_resources, _set("FinalizerFunctionRole", "WriteOutputs", Resource={"Fn::Sub": "arn:${AWS::Partition}:s3:::*"})
+        unscoped_resources,
+        _set("FinalizerFunctionRole", "WriteOutputs", Resource={"Fn::Sub": "arn:${AWS::Partition}:s3:::*"}),
     ),
     "bucket policy without TLS condition": (
-        bucket_tls_violations, lambda t: _first_statement(t, "DataBucketPolicy").update(Condition={})
+        bucket_tls_violations,
+        lambda t: _first_statement(t, "DataBucketPolicy").update(Condition={}),
     ),
     "queue without SSE": (unencrypted_stores, lambda t: _props(t, "WorkDLQ").pop("SqsManagedSseEnabled")),
     "table without SSE": (unencrypted_stores, lambda t: _props(t, "JobsTable")["SSESpecification"].update(SSEEnabled=False)),
     "table without PITR": (tables_without_pitr, lambda t: _props(t, "JobsTable").pop("PointInTimeRecoverySpecification")),
     "intake may invoke the endpoint": (
-        endpoint_grant_violations, _set("IntakeFunctionRole", "JobState", Action=["sagemaker:InvokeEndpoint"])
+        endpoint_grant_violations,
+        _set("IntakeFunctionRole", "JobState", Action=["sagemaker:InvokeEndpoint"]),
     ),
     "worker may invoke any endpoint": (
-        endpoint_grant_violations, _set("WorkerFunctionRole", "InvokeTheEndpoint", Resource=ANY_ENDPOINT)
+        endpoint_grant_violations,
+        _set("WorkerFunctionRole", "InvokeTheEndpoint", Resource=ANY_ENDPOINT),
     ),
     "events logged": (
         event_logging_violations,

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from typing import Iterator
+from collections.abc import Iterator
 
 import boto3
 import pytest
 
-from sagebatch.usecases.intake import S3Drop
 from sagebatch.tooling.local.session import LocalRun, local_stack
+from sagebatch.usecases.intake import S3Drop
 from tests.conftest import jsonl
 
 PARTNER = "partner-data"
@@ -62,8 +62,11 @@ def test_a_forged_s3_notification_for_another_bucket_fails_instead_of_reading_it
     # Given a message shaped like an S3 notification, but for a bucket that is not allowed
     boto3.client("s3").create_bucket(Bucket="someone-elses-bucket")
     _put("someone-elses-bucket", "inputs/x.jsonl", jsonl({"prompt": "leak me"}))
-    record = {"eventSource": "aws:s3", "eventName": "ObjectCreated:Put",
-              "s3": {"bucket": {"name": "someone-elses-bucket"}, "object": {"key": "inputs/x.jsonl", "eTag": '"abc"'}}}
+    record = {
+        "eventSource": "aws:s3",
+        "eventName": "ObjectCreated:Put",
+        "s3": {"bucket": {"name": "someone-elses-bucket"}, "object": {"key": "inputs/x.jsonl", "eTag": '"abc"'}},
+    }
     boto3.client("sqs").send_message(QueueUrl=stack.stack.queue_url("IntakeQueue"), MessageBody=json.dumps({"Records": [record]}))
     job_id = S3Drop("someone-elses-bucket", "inputs/x.jsonl", None, '"abc"').job_id
 

@@ -50,7 +50,11 @@ BAD_LINES: list[tuple[str | bytes, str | None, str]] = [
     ('{"prompt": "\\ud800 hi"}', "invalid_json", "unpaired surrogate"),
     ('{"id": "\\udfff", "prompt": "hi"}', "invalid_json", "unpaired surrogate"),
     ('{"prompt": "short", "fit": {"strategy": "window"}}', "unsupported_strategy", "does not apply"),
-    ('{"messages": [{"role": "user", "content": "hi"}], "fit": {"strategy": "map_reduce"}}', "unsupported_strategy", "does not apply"),
+    (
+        '{"messages": [{"role": "user", "content": "hi"}], "fit": {"strategy": "map_reduce"}}',
+        "unsupported_strategy",
+        "does not apply",
+    ),
     ('{"prompt": "a", "prompt": "b"}', "invalid_json", "duplicate key 'prompt'"),
     ('{"prompt": "   \\n\\t "}', "invalid_record", "prompt is empty"),
     ('{"messages": [{"role": "user", "content": " "}]}', "invalid_record", "is empty"),

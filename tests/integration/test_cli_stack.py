@@ -116,15 +116,32 @@ def test_submit_uploads_outside_inputs_and_sends_a_job_message_with_the_options(
     source = write(tmp_path / "batch.jsonl", prompts(2))
 
     # When it is submitted with a job id, a client token, parameters, fit settings and a deadline
-    code = sagebatch("submit", str(source), "--stack", STACK, "--job-id", "nightly-1", "--client-token", "tok",
-                     "--param", "max_new_tokens=64", "--param", "temperature=0.5", "--param", "stop=###",
-                     "--fit", "strategy=map_reduce,chunk_tokens=512", "--deadline", "3600")
+    code = sagebatch(
+        "submit",
+        str(source),
+        "--stack",
+        STACK,
+        "--job-id",
+        "nightly-1",
+        "--client-token",
+        "tok",
+        "--param",
+        "max_new_tokens=64",
+        "--param",
+        "temperature=0.5",
+        "--param",
+        "stop=###",
+        "--fit",
+        "strategy=map_reduce,chunk_tokens=512",
+        "--deadline",
+        "3600",
+    )
 
     # Then it printed the job id, and the intake queue holds one job message naming the uploaded file (under
     # uploads/, where no S3 notification starts a second job) with those options
     assert code == 0 and capsys.readouterr().out.strip() == "nightly-1"
     body = intake_message(deployed)
-    bucket, _, key = body["input"][len("s3://"):].partition("/")
+    bucket, _, key = body["input"][len("s3://") :].partition("/")
     assert bucket == deployed.stack.bucket and key.startswith("uploads/") and key.endswith("/batch.jsonl")
     assert deployed.read(key) == prompts(2)
     assert body["job_id"] == "nightly-1" and body["client_token"] == "tok" and body["deadline_s"] == 3600
@@ -194,7 +211,9 @@ def test_watch_exits_3_when_the_job_fails(deployed, tmp_path, capsys):
 def test_watch_exits_6_when_its_timeout_ends_before_the_job(deployed, tmp_path, capsys):
     # Given a job that intake started but whose shards no worker takes
     boto3.client("s3").put_object(Bucket=deployed.stack.bucket, Key="staging/slow.jsonl", Body=prompts(3))
-    service.intake().handle_message(json.dumps({"job_id": "slow", "input": f"s3://{deployed.stack.bucket}/staging/slow.jsonl"}), "m")
+    service.intake().handle_message(
+        json.dumps({"job_id": "slow", "input": f"s3://{deployed.stack.bucket}/staging/slow.jsonl"}), "m"
+    )
 
     # When it is watched with a short --timeout
     code = sagebatch("watch", "slow", "--stack", STACK, "--interval", "0.05", "--timeout", "0.2")
@@ -207,7 +226,9 @@ def test_watch_exits_6_when_its_timeout_ends_before_the_job(deployed, tmp_path, 
 def test_cancel_by_stack_name_ends_the_job_cancelled_and_watch_exits_4(deployed, tmp_path, capsys):
     # Given a running job whose shards wait in the work queue
     boto3.client("s3").put_object(Bucket=deployed.stack.bucket, Key="staging/stop.jsonl", Body=prompts(3))
-    service.intake().handle_message(json.dumps({"job_id": "stop-me", "input": f"s3://{deployed.stack.bucket}/staging/stop.jsonl"}), "m")
+    service.intake().handle_message(
+        json.dumps({"job_id": "stop-me", "input": f"s3://{deployed.stack.bucket}/staging/stop.jsonl"}), "m"
+    )
 
     # When `sagebatch cancel` names it and the stack, and the job is watched to the end
     cancelled = sagebatch("cancel", "stop-me", "--stack", STACK)
@@ -226,7 +247,10 @@ def test_retry_by_stack_name_sends_the_retry_to_the_stacks_intake_queue(deployed
     # Then the stack's intake queue holds the retry request
     assert code == 0
     assert {k: v for k, v in intake_message(deployed).items() if v is not None} == {
-        "action": "retry", "job_id": "some-job", "client_token": "again"}
+        "action": "retry",
+        "job_id": "some-job",
+        "client_token": "again",
+    }
 
 
 def test_redrive_by_name_moves_the_stacks_dead_letter_queue_back(deployed, capsys):
@@ -239,7 +263,9 @@ def test_redrive_by_name_moves_the_stacks_dead_letter_queue_back(deployed, capsy
 
     # Then the message is back on the work queue (moto has no move task: copied, and said so)
     assert code == 0 and "moved 1 messages" in capsys.readouterr().out
-    depth = sqs.get_queue_attributes(QueueUrl=deployed.stack.queue_url("WorkQueue"), AttributeNames=["ApproximateNumberOfMessages"])
+    depth = sqs.get_queue_attributes(
+        QueueUrl=deployed.stack.queue_url("WorkQueue"), AttributeNames=["ApproximateNumberOfMessages"]
+    )
     assert depth["Attributes"]["ApproximateNumberOfMessages"] == "1"
 
 
@@ -262,7 +288,9 @@ def test_results_failed_only_streams_the_lines_that_did_not_succeed(deployed, tm
 def test_results_of_an_unfinished_job_say_when_they_come(deployed, capsys):
     # Given a job that is still running
     boto3.client("s3").put_object(Bucket=deployed.stack.bucket, Key="staging/busy.jsonl", Body=prompts(2))
-    service.intake().handle_message(json.dumps({"job_id": "busy", "input": f"s3://{deployed.stack.bucket}/staging/busy.jsonl"}), "m")
+    service.intake().handle_message(
+        json.dumps({"job_id": "busy", "input": f"s3://{deployed.stack.bucket}/staging/busy.jsonl"}), "m"
+    )
 
     # When its results are asked for
     code = sagebatch("results", "busy", "--stack", STACK)
@@ -313,8 +341,11 @@ def test_list_since_leaves_out_older_jobs(deployed, tmp_path, capsys):
     old = finished_job(deployed, capsys, write(tmp_path / "old.jsonl", prompts(1)))
     new = finished_job(deployed, capsys, write(tmp_path / "new.jsonl", prompts(1)))
     boto3.client("dynamodb").update_item(
-        TableName=deployed.stack.table, Key={"pk": {"S": f"JOB#{old}"}, "sk": {"S": "META"}},
-        UpdateExpression="SET created_at = :at", ExpressionAttributeValues={":at": {"N": str(time.time() - 2 * 86400)}})
+        TableName=deployed.stack.table,
+        Key={"pk": {"S": f"JOB#{old}"}, "sk": {"S": "META"}},
+        UpdateExpression="SET created_at = :at",
+        ExpressionAttributeValues={":at": {"N": str(time.time() - 2 * 86400)}},
+    )
     capsys.readouterr()
 
     # When jobs of the last 24 hours are listed
@@ -326,17 +357,29 @@ def test_list_since_leaves_out_older_jobs(deployed, tmp_path, capsys):
 
 
 # -- usage errors ------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("args, says", [
-    (["status", "some-job", "--stack", "no-such-stack"], "no stack no-such-stack in us-east-1"),
-    (["submit", "missing.jsonl", "--stack", STACK], "no file missing.jsonl"),
-    (["submit", "PLACEHOLDER", "--stack", STACK, "--param", "max_new_tokens"], "--param takes KEY=VALUE"),
-    (["submit", "PLACEHOLDER", "--stack", STACK, "--param", "top_k=many"], "bad --param: top_k"),
-    (["submit", "PLACEHOLDER", "--stack", STACK, "--deadline", "999999"], "deadline_s"),
-    (["results", "some-job", "--stack", STACK, "--partial"], "--partial is not available yet"),
-    (["list", "--stack", STACK, "--since", "last week"], "--since takes a duration"),
-    (["watch", "some-job", "--stack", STACK, "--interval", "soon"], "Invalid value for '--interval'"),
-], ids=["unknown-stack", "missing-file", "param-without-value", "bad-param", "deadline-too-long", "partial",
-        "bad-since", "bad-interval"])
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["status", "some-job", "--stack", "no-such-stack"], "no stack no-such-stack in us-east-1"),
+        (["submit", "missing.jsonl", "--stack", STACK], "no file missing.jsonl"),
+        (["submit", "PLACEHOLDER", "--stack", STACK, "--param", "max_new_tokens"], "--param takes KEY=VALUE"),
+        (["submit", "PLACEHOLDER", "--stack", STACK, "--param", "top_k=many"], "bad --param: top_k"),
+        (["submit", "PLACEHOLDER", "--stack", STACK, "--deadline", "999999"], "deadline_s"),
+        (["results", "some-job", "--stack", STACK, "--partial"], "--partial is not available yet"),
+        (["list", "--stack", STACK, "--since", "last week"], "--since takes a duration"),
+        (["watch", "some-job", "--stack", STACK, "--interval", "soon"], "Invalid value for '--interval'"),
+    ],
+    ids=[
+        "unknown-stack",
+        "missing-file",
+        "param-without-value",
+        "bad-param",
+        "deadline-too-long",
+        "partial",
+        "bad-since",
+        "bad-interval",
+    ],
+)
 def test_a_usage_error_prints_one_sentence_and_exits_2(deployed, tmp_path, capsys, args, says):
     # Given a command line that cannot work (a real file where the case needs one)
     source = write(tmp_path / "ok.jsonl", prompts(1))
@@ -354,20 +397,26 @@ def test_a_usage_error_prints_one_sentence_and_exits_2(deployed, tmp_path, capsy
 
 
 # -- which stack ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("flag, environment, samconfig, says", [
-    (None, None, STACK, None),  # samconfig.toml alone
-    (None, "from-env", STACK, "no stack from-env in us-east-1 (named by SAGEBATCH_STACK)"),  # the environment first
-    (STACK, "from-env", "from-samconfig", None),  # --stack before both
-    (None, None, None, "no stack named: pass --stack NAME"),
-], ids=["samconfig", "env-over-samconfig", "flag-over-env", "none"])
+@pytest.mark.parametrize(
+    "flag, environment, samconfig, says",
+    [
+        (None, None, STACK, None),  # samconfig.toml alone
+        (None, "from-env", STACK, "no stack from-env in us-east-1 (named by SAGEBATCH_STACK)"),  # the environment first
+        (STACK, "from-env", "from-samconfig", None),  # --stack before both
+        (None, None, None, "no stack named: pass --stack NAME"),
+    ],
+    ids=["samconfig", "env-over-samconfig", "flag-over-env", "none"],
+)
 def test_the_stack_is_named_by_the_flag_then_the_environment_then_samconfig(
-        deployed, tmp_path, capsys, monkeypatch, flag, environment, samconfig, says):
+    deployed, tmp_path, capsys, monkeypatch, flag, environment, samconfig, says
+):
     # Given the stack named (or not) by --stack, SAGEBATCH_STACK and ./samconfig.toml
     if environment:
         monkeypatch.setenv("SAGEBATCH_STACK", environment)
     if samconfig:
         (tmp_path / "samconfig.toml").write_text(
-            f'version = 0.1\n[default.deploy.parameters]\nstack_name = "{samconfig}"\nresolve_s3 = true\n', encoding="utf-8")
+            f'version = 0.1\n[default.deploy.parameters]\nstack_name = "{samconfig}"\nresolve_s3 = true\n', encoding="utf-8"
+        )
 
     # When a command needs the stack
     args = ["list", "--json"] + (["--stack", flag] if flag else [])

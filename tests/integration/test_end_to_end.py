@@ -43,7 +43,9 @@ def test_manifest_counts_match_the_results(stack):
 
 def test_a_malformed_line_fails_alone_with_a_reason(stack):
     # Given a file whose second line is not JSON
-    job_id = stack.drop_file(jsonl({"id": "a", "prompt": "hello"}, '{"prompt": "unterminated', {"id": "c", "prompt": "bye"}), "inputs/bad-line.jsonl")
+    job_id = stack.drop_file(
+        jsonl({"id": "a", "prompt": "hello"}, '{"prompt": "unterminated', {"id": "c", "prompt": "bye"}), "inputs/bad-line.jsonl"
+    )
 
     # When the job runs
     stack.wait_for(job_id)
@@ -96,8 +98,13 @@ def test_the_same_s3_notification_twice_makes_one_job(stack):
 
 def test_job_submission_with_inline_records(stack):
     # Given a job message with inline records and job defaults
-    stack.submit_job({"job_id": "inline-1", "records": [{"prompt": "one"}, {"messages": [{"role": "user", "content": "two"}]}],
-                      "parameters": {"max_new_tokens": 5}})
+    stack.submit_job(
+        {
+            "job_id": "inline-1",
+            "records": [{"prompt": "one"}, {"messages": [{"role": "user", "content": "two"}]}],
+            "parameters": {"max_new_tokens": 5},
+        }
+    )
 
     # When it runs
     status = stack.wait_for("inline-1")
@@ -114,7 +121,9 @@ def test_job_submission_pointing_at_an_s3_object(stack):
     # Given an object outside inputs/ and a job message naming it
     import boto3
 
-    boto3.client("s3").put_object(Bucket=stack.stack.bucket, Key="staging/batch.jsonl", Body=jsonl({"prompt": "x"}, {"prompt": "y"}))
+    boto3.client("s3").put_object(
+        Bucket=stack.stack.bucket, Key="staging/batch.jsonl", Body=jsonl({"prompt": "x"}, {"prompt": "y"})
+    )
     stack.submit_job({"input": f"s3://{stack.stack.bucket}/staging/batch.jsonl", "client_token": "tok-1"})
     stack.submit_job({"input": f"s3://{stack.stack.bucket}/staging/batch.jsonl", "client_token": "tok-1"})
 

@@ -15,9 +15,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import unquote_plus
 
 import boto3
@@ -25,12 +26,12 @@ import pytest
 from aws_lambda_powertools.utilities.parser.models import S3SqsEventNotificationModel, SqsModel
 
 from sagebatch.domain.job import JobStatus
-from sagebatch.usecases.intake import job_id_for
+from sagebatch.domain.messages import FinalizeRequest, Shard
 from sagebatch.tooling.local.runner import LambdaContext, load_handler, sqs_event
 from sagebatch.tooling.local.session import LocalRun
 from sagebatch.tooling.local.stack import ACCOUNT, REGION
 from sagebatch.tooling.local.template import SqsTrigger, load_template, sqs_triggers
-from sagebatch.domain.messages import FinalizeRequest, Shard
+from sagebatch.usecases.intake import job_id_for
 from tests.conftest import ROOT, jsonl
 
 EVENTS_DIR = ROOT / "events"
@@ -50,8 +51,10 @@ DROP_DATA = jsonl(
 EVAL_KEY = "staging/eval-prompts.jsonl"
 EVAL_DATA = jsonl(
     {"id": "q-001", "prompt": "Name the capital of Australia. Answer with the city only."},
-    {"id": "q-002", "messages": [{"role": "system", "content": "You are a terse assistant."},
-                                 {"role": "user", "content": "What is 17 * 3?"}]},
+    {
+        "id": "q-002",
+        "messages": [{"role": "system", "content": "You are a terse assistant."}, {"role": "user", "content": "What is 17 * 3?"}],
+    },
     {"id": "q-003", "prompt": "Give one word that rhymes with 'batch'."},
 )
 EVAL_CLIENT_TOKEN = "nightly-eval-2024-06-17"
@@ -60,10 +63,14 @@ EVAL_JOB_ID = job_id_for(f"token:{EVAL_CLIENT_TOKEN}")
 EVAL_OUTCOMES = [(1, "q-001", "succeeded"), (2, "q-002", "succeeded"), (3, "q-003", "succeeded")]  # (line, id, status)
 INLINE_JOB_ID = "support-triage-2024-06-17"
 INLINE_RECORDS = [
-    {"id": "ticket-4812",
-     "prompt": "Classify this support ticket as billing, bug or question: 'I was charged twice this month.'"},
-    {"id": "ticket-4813",
-     "messages": [{"role": "user", "content": "Summarise in one line: the export button does nothing on Safari 17."}]},
+    {
+        "id": "ticket-4812",
+        "prompt": "Classify this support ticket as billing, bug or question: 'I was charged twice this month.'",
+    },
+    {
+        "id": "ticket-4813",
+        "messages": [{"role": "user", "content": "Summarise in one line: the export button does nothing on Safari 17."}],
+    },
 ]
 
 
@@ -74,8 +81,10 @@ def function_for(path: Path) -> str:
     name = f"{prefix.capitalize()}Function"
     if TEMPLATE["Resources"].get(name, {}).get("Type") != "AWS::Serverless::Function":
         functions = sorted(k for k, v in TEMPLATE["Resources"].items() if v["Type"] == "AWS::Serverless::Function")
-        pytest.fail(f"events/{path.name}: prefix '{prefix}' maps to {name}, which template.yaml does not define "
-                    f"(functions: {', '.join(functions)})")
+        pytest.fail(
+            f"events/{path.name}: prefix '{prefix}' maps to {name}, which template.yaml does not define "
+            f"(functions: {', '.join(functions)})"
+        )
     if name not in TRIGGERS:
         pytest.fail(f"events/{path.name}: {name} has no SQS event source in template.yaml")
     return name
@@ -134,15 +143,17 @@ def upload(stack: LocalRun, key: str, data: bytes) -> dict[str, Any]:
 def receive_all(stack: LocalRun, queue: str) -> list[dict[str, Any]]:
     sqs = boto3.client("sqs", region_name=REGION)
     messages: list[dict[str, Any]] = []
-    while batch := sqs.receive_message(QueueUrl=stack.stack.queue_url(queue), MaxNumberOfMessages=10,
-                                       AttributeNames=["All"]).get("Messages", []):
+    while batch := sqs.receive_message(QueueUrl=stack.stack.queue_url(queue), MaxNumberOfMessages=10, AttributeNames=["All"]).get(
+        "Messages", []
+    ):
         messages += batch
     return messages
 
 
 def queue_depth(stack: LocalRun, queue: str) -> int:
     attributes = boto3.client("sqs", region_name=REGION).get_queue_attributes(
-        QueueUrl=stack.stack.queue_url(queue), AttributeNames=["ApproximateNumberOfMessages"])
+        QueueUrl=stack.stack.queue_url(queue), AttributeNames=["ApproximateNumberOfMessages"]
+    )
     return int(attributes["Attributes"]["ApproximateNumberOfMessages"])
 
 
@@ -162,8 +173,12 @@ def submit_eval_job(stack: LocalRun) -> str:
     """A real intake of the nightly-eval job (the submission sample's first record); returns its job id."""
     upload(stack, EVAL_KEY, EVAL_DATA)
     spec = {"input": f"s3://{stack.stack.bucket}/{EVAL_KEY}", "client_token": EVAL_CLIENT_TOKEN, "parameters": EVAL_PARAMETERS}
-    message = {"MessageId": "6f1f4a0e-2b0c-4c55-9d3f-0d8e6a1b2c3d", "ReceiptHandle": "seed", "Body": json.dumps(spec),
-               "Attributes": {"ApproximateReceiveCount": "1"}}
+    message = {
+        "MessageId": "6f1f4a0e-2b0c-4c55-9d3f-0d8e6a1b2c3d",
+        "ReceiptHandle": "seed",
+        "Body": json.dumps(spec),
+        "Attributes": {"ApproximateReceiveCount": "1"},
+    }
     deliver(stack, "IntakeFunction", [message])
     job = stack.jobs.get_job(EVAL_JOB_ID)
     assert job is not None and job.status == JobStatus.RUNNING, f"intake did not start {EVAL_JOB_ID}: {job}"
@@ -224,7 +239,12 @@ def _then_each_record_starts_a_job(stack: LocalRun, event: dict[str, Any]) -> No
     # The s3:// submission: a job keyed by its client token, over the named object, with the job parameters.
     eval_job = stack.jobs.get_job(EVAL_JOB_ID)
     assert eval_job is not None, f"no job for client token {EVAL_CLIENT_TOKEN}"
-    assert (eval_job.status, eval_job.bucket, eval_job.key, eval_job.total_records) == (JobStatus.RUNNING, stack.stack.bucket, EVAL_KEY, 3)
+    assert (eval_job.status, eval_job.bucket, eval_job.key, eval_job.total_records) == (
+        JobStatus.RUNNING,
+        stack.stack.bucket,
+        EVAL_KEY,
+        3,
+    )
     assert eval_job.parameters.model_dump(exclude_none=True) == EVAL_PARAMETERS
     # The inline submission: its records stored as the job's input, one line each.
     inline_job = stack.jobs.get_job(INLINE_JOB_ID)

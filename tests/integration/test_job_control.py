@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import boto3
 import pytest
@@ -31,8 +32,12 @@ def control_stack(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Loc
     shards and one worker invocation per poller round; `slow_seconds` delays every endpoint answer."""
     with ExitStack() as stacks:
 
-        def build(slow_seconds: float = 0.0, stop_check_seconds: float | None = None, shard_records: int = SHARD_RECORDS,
-                  **parameters: Any) -> LocalRun:
+        def build(
+            slow_seconds: float = 0.0,
+            stop_check_seconds: float | None = None,
+            shard_records: int = SHARD_RECORDS,
+            **parameters: Any,
+        ) -> LocalRun:
             monkeypatch.setenv("SAGEBATCH_SHARD_RECORDS", str(shard_records))
             # These tests step the event source one round at a time: workers take no shards of their own.
             monkeypatch.setenv("SAGEBATCH_SELF_FEED", "false")
@@ -64,8 +69,10 @@ def intake_directly(body: dict[str, Any]) -> str:
 
 def move_deadline(run: LocalRun, job_id: str, at: float) -> None:
     boto3.client("dynamodb").update_item(
-        TableName=run.stack.table, Key={"pk": {"S": f"JOB#{job_id}"}, "sk": {"S": "META"}},
-        UpdateExpression="SET deadline_at = :at", ExpressionAttributeValues={":at": {"N": str(at)}},
+        TableName=run.stack.table,
+        Key={"pk": {"S": f"JOB#{job_id}"}, "sk": {"S": "META"}},
+        UpdateExpression="SET deadline_at = :at",
+        ExpressionAttributeValues={":at": {"N": str(at)}},
     )
 
 
@@ -313,7 +320,9 @@ def test_a_retry_of_a_retry_keeps_the_original_record_ids(control_stack):
     # still those of the original file (line 10 has no id of its own: it keeps 10, not its line in the child)
     results = run.results(grandchild)
     assert [(r["line"], r["parent_line"], r["id"], r["status"]) for r in results] == [
-        (1, 5, "r9", "succeeded"), (2, 6, 10, "succeeded")]
+        (1, 5, "r9", "succeeded"),
+        (2, 6, 10, "succeeded"),
+    ]
     assert run.manifest(grandchild)["parent_job_id"] == child
 
 
@@ -331,7 +340,9 @@ def test_retry_takes_failed_records_and_keeps_the_parents_settings(control_stack
     # Then the child holds just those two lines, with the parent's parameters; they fail again the same way
     results = run.results(child)
     assert [(r["parent_line"], r["id"], r["error"]["type"]) for r in results] == [
-        (2, 2, "invalid_json"), (4, "d", "invalid_parameters")]
+        (2, 2, "invalid_json"),
+        (4, "d", "invalid_parameters"),
+    ]
     assert run.manifest(child)["parameters"] == {"max_new_tokens": 7}
 
 
@@ -411,8 +422,9 @@ def test_a_shard_redriven_from_the_dlq_completes_its_job(control_stack, capsys):
     dead = max(shards, key=lambda m: json.loads(m["Body"])["shard"])
     sqs.send_message(QueueUrl=dlq, MessageBody=dead["Body"])
     sqs.delete_message(QueueUrl=work, ReceiptHandle=dead["ReceiptHandle"])
-    sqs.change_message_visibility(QueueUrl=work, ReceiptHandle=next(m for m in shards if m is not dead)["ReceiptHandle"],
-                                  VisibilityTimeout=0)
+    sqs.change_message_visibility(
+        QueueUrl=work, ReceiptHandle=next(m for m in shards if m is not dead)["ReceiptHandle"], VisibilityTimeout=0
+    )
     run.drain()
     assert run.jobs.get_job("stuck").status == "RUNNING"  # it waits for the dead shard
 
@@ -456,7 +468,11 @@ def test_sagebatch_retry_sends_the_retry_message_and_names_the_child(control_sta
     # Then the message on the intake queue is the retry request, and the child it names runs the rest
     body = json.loads(boto3.client("sqs").receive_message(QueueUrl=intake, VisibilityTimeout=0)["Messages"][0]["Body"])
     assert {k: v for k, v in body.items() if v is not None} == {
-        "action": "retry", "job_id": "cli-retry", "client_token": "t-1", "deadline_s": 600}
+        "action": "retry",
+        "job_id": "cli-retry",
+        "client_token": "t-1",
+        "deadline_s": 600,
+    }
     child = capsys.readouterr().out.strip().rsplit(" ", 1)[-1]
     assert code == 0 and child == run.retry("cli-retry", client_token="t-1")
     assert run.wait_for(child) == "COMPLETED"

@@ -8,7 +8,6 @@ import json
 import boto3
 
 from sagebatch.tooling.local.stack import REGION
-
 from tests.conftest import jsonl
 
 
@@ -47,8 +46,13 @@ def test_a_split_whose_chunk_outputs_pass_400_kb_is_answered_whole(stack):
     # Given a long document split into many chunks, each answered at length (the reproduction from the issue:
     # chunk_outputs adding up past a DynamoDB item's 400 KB used to make the store raise and the shard loop)
     document = "".join(f"Crate {n} hums in the dark tunnel while the night shift counts it. " for n in range(60_000))
-    record = {"id": "big-split", "instruction": "Repeat the notes.", "document": document,
-              "fit": {"strategy": "split", "chunk_tokens": 2048}, "parameters": {"max_new_tokens": 4096}}
+    record = {
+        "id": "big-split",
+        "instruction": "Repeat the notes.",
+        "document": document,
+        "fit": {"strategy": "split", "chunk_tokens": 2048},
+        "parameters": {"max_new_tokens": 4096},
+    }
     job_id = stack.drop_file(jsonl(record, {"prompt": "ok"}), "inputs/big-split.jsonl")
 
     # When the job runs

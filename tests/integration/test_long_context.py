@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
+from sagebatch.domain.tokens import get_tokenizer
 from sagebatch.tooling.cli import main as sagebatch_main
 from sagebatch.tooling.emulator.server import Emulator
 from sagebatch.tooling.local.session import local_stack
-from sagebatch.domain.tokens import get_tokenizer
 from tests.conftest import ROOT
 
 EXAMPLES = ROOT / "examples"

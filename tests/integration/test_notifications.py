@@ -34,7 +34,9 @@ def refused_entry(sent: SentRequest) -> AWSResponse:
 
     class Raw:
         def stream(self, **_: Any) -> Iterator[bytes]:
-            yield json.dumps({"FailedEntryCount": 1, "Entries": [{"ErrorCode": "InternalFailure", "ErrorMessage": "injected"}]}).encode()
+            yield json.dumps(
+                {"FailedEntryCount": 1, "Entries": [{"ErrorCode": "InternalFailure", "ErrorMessage": "injected"}]}
+            ).encode()
 
     return AWSResponse(sent.url, 200, {"Content-Type": "application/x-amz-json-1.1"}, Raw())
 
@@ -54,7 +56,10 @@ def test_a_completed_jobs_events_arrive_in_lifecycle_order_with_counts_and_resul
     # Then its events are CREATING, RUNNING, FINALIZING, COMPLETED, each naming the one before, once each
     details = events.details(job_id)
     assert [(d["status"], d["previous_status"]) for d in details] == [
-        ("CREATING", None), ("RUNNING", "CREATING"), ("FINALIZING", "RUNNING"), ("COMPLETED", "FINALIZING"),
+        ("CREATING", None),
+        ("RUNNING", "CREATING"),
+        ("FINALIZING", "RUNNING"),
+        ("COMPLETED", "FINALIZING"),
     ]
     assert [d["event_id"] for d in details] == [f"{job_id}:{d['status']}" for d in details]
     # the total is known from RUNNING on, the outcomes from FINALIZING on
@@ -62,7 +67,11 @@ def test_a_completed_jobs_events_arrive_in_lifecycle_order_with_counts_and_resul
     # and the last one has what the manifest has, and where the results are
     last, manifest = details[-1], run.manifest(job_id)
     assert last["counts"] == {"total": 3, "succeeded": 2, "failed": 1, "cancelled": 0, "expired": 0}
-    assert last["tokens"] == {"input": manifest["tokens"]["input"], "output": manifest["tokens"]["output"]} != {"input": 0, "output": 0}
+    assert (
+        last["tokens"]
+        == {"input": manifest["tokens"]["input"], "output": manifest["tokens"]["output"]}
+        != {"input": 0, "output": 0}
+    )
     assert last["results_uri"] == manifest["results"] == f"s3://{run.stack.bucket}/outputs/{job_id}/results.jsonl"
     assert last["manifest_uri"] == f"s3://{run.stack.bucket}/outputs/{job_id}/manifest.json"
     assert last["input"] == f"s3://{run.stack.bucket}/inputs/three.jsonl" and last["error"] is None
@@ -140,8 +149,9 @@ def test_a_refused_completion_event_brings_the_finalize_message_back_and_is_publ
     # Given a job, and a bus that refuses every attempt at its COMPLETED event, once over
     run, events = watched
     job_id = run.drop_file(jsonl({"prompt": "a"}), "inputs/one.jsonl")
-    with fail_calls("events", "PutEvents", refused_entry, times=ADAPTER_ATTEMPTS,
-                    match=lambda sent: entry_status(sent) == "COMPLETED") as refusal:
+    with fail_calls(
+        "events", "PutEvents", refused_entry, times=ADAPTER_ATTEMPTS, match=lambda sent: entry_status(sent) == "COMPLETED"
+    ) as refusal:
         # When the stack runs the job, and on until the COMPLETED event is out
         run.poller.run_until(lambda: "COMPLETED" in events.statuses(job_id), timeout_s=60)
 
@@ -157,8 +167,9 @@ def test_a_refused_running_event_brings_the_intake_message_back_and_a_copy_may_r
     # Given a job, and a bus that refuses every attempt at its RUNNING event, once over
     run, events = watched
     job_id = run.drop_file(jsonl({"prompt": "a"}, {"prompt": "b"}), "inputs/two.jsonl")
-    with fail_calls("events", "PutEvents", refused_entry, times=ADAPTER_ATTEMPTS,
-                    match=lambda sent: entry_status(sent) == "RUNNING"):
+    with fail_calls(
+        "events", "PutEvents", refused_entry, times=ADAPTER_ATTEMPTS, match=lambda sent: entry_status(sent) == "RUNNING"
+    ):
         # When the stack runs the job to the end
         assert run.wait_for(job_id, timeout_s=60) == "COMPLETED"
 

@@ -26,13 +26,21 @@ COMPLETIONS = "/v1/completions"
 
 def chat(custom_id: str, text: str, **body: Any) -> dict[str, Any]:
     messages = [{"role": "user", "content": text}]
-    return {"custom_id": custom_id, "method": "POST", "url": CHAT,
-            "body": {"model": "gpt-4o-mini", "messages": messages, "max_tokens": 12, **body}}
+    return {
+        "custom_id": custom_id,
+        "method": "POST",
+        "url": CHAT,
+        "body": {"model": "gpt-4o-mini", "messages": messages, "max_tokens": 12, **body},
+    }
 
 
 def completion(custom_id: str, prompt: str, **body: Any) -> dict[str, Any]:
-    return {"custom_id": custom_id, "method": "POST", "url": COMPLETIONS,
-            "body": {"model": "gpt-3.5-turbo-instruct", "prompt": prompt, "max_tokens": 12, **body}}
+    return {
+        "custom_id": custom_id,
+        "method": "POST",
+        "url": COMPLETIONS,
+        "body": {"model": "gpt-3.5-turbo-instruct", "prompt": prompt, "max_tokens": 12, **body},
+    }
 
 
 def bedrock(record_id: str | None, **model_input: Any) -> dict[str, Any]:
@@ -43,8 +51,15 @@ def bedrock(record_id: str | None, **model_input: Any) -> dict[str, Any]:
 # An OpenAI Batch file of 40 lines (two shards of 32 lines at most): chat and completion lines, lines with fields
 # OpenAI has and TGI does not (noted, or refused), and one native line (another format than the file's).
 OPENAI_SPECIAL: dict[int, dict[str, Any]] = {
-    1: chat("chat-1", "Say hello.", temperature=0.7, top_p=0.9, stop=["\n\n"], seed=7,
-            messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hello."}]),
+    1: chat(
+        "chat-1",
+        "Say hello.",
+        temperature=0.7,
+        top_p=0.9,
+        stop=["\n\n"],
+        seed=7,
+        messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hello."}],
+    ),
     2: completion("cmpl-2", "[INST] Count to three. [/INST]", stop="\n"),
     3: chat("chat-3", "", messages=[{"role": "user", "content": [{"type": "text", "text": "Name a colour."}]}]),
     4: completion("cmpl-4", "<s>[INST] Name a fruit. [/INST]"),
@@ -63,9 +78,14 @@ BEDROCK_LINES = [
     bedrock("CALL0000001", prompt="<s>[INST] Say hello. [/INST]", temperature=0.5, top_p=0.9, top_k=50),
     bedrock("CALL0000002", prompt="<s>[INST] Name a colour. [/INST]", stop=["."]),
     bedrock(None, prompt="<s>[INST] No record id here. [/INST]"),
-    {"recordId": "CALL0000004", "modelInput": {"system": [{"text": "Be brief."}],
-                                                "messages": [{"role": "user", "content": [{"text": "Hi"}]}],
-                                                "inferenceConfig": {"maxTokens": 10, "temperature": 0.2}}},
+    {
+        "recordId": "CALL0000004",
+        "modelInput": {
+            "system": [{"text": "Be brief."}],
+            "messages": [{"role": "user", "content": [{"text": "Hi"}]}],
+            "inferenceConfig": {"maxTokens": 10, "temperature": 0.2},
+        },
+    },
     bedrock("CALL0000005", messages=[{"role": "user", "content": "Hello there"}]),
     chat("openai-6", "I am an OpenAI line."),
     bedrock("CALL0000007", prompt="<s>[INST] Hi [/INST]", guardrailConfig={"guardrailIdentifier": "g"}),
@@ -88,7 +108,9 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def openai_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+def openai_run(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[int, list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
     code, out = sagebatch_run(tmp_path_factory.mktemp("openai"), "batch_input.jsonl", OPENAI_LINES)
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     return code, read_jsonl(out / "results.jsonl"), read_jsonl(out / "errors.jsonl"), manifest

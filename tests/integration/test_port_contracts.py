@@ -29,7 +29,6 @@ from sagebatch.domain.parameters import Parameters
 from sagebatch.domain.records import FitSettings, Strategy
 from sagebatch.domain.results import RecordError, ResultLine, Usage, encode_result
 from sagebatch.fakes import FakeAws
-from sagebatch.usecases.parts import PartMissing, PartsResultStore
 from sagebatch.ports import (
     DeadLetterQueues,
     InputUnreadable,
@@ -42,6 +41,7 @@ from sagebatch.ports import (
     ResultStore,
 )
 from sagebatch.tooling.local.stack import REGION, LocalStack, moto_requests_one_at_a_time
+from sagebatch.usecases.parts import PartMissing, PartsResultStore
 
 PLAIN_BUCKET = "contract-unversioned"
 

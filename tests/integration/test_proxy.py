@@ -8,9 +8,9 @@ import re
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -197,10 +197,12 @@ def test_openai_proxy_translates_the_request_and_the_answer(fake_openai):
         {"model": "fake-model", "prompt": GREEDY["inputs"], "max_tokens": 16, "temperature": 0.0}
     ]
     # And the answer has TGI's shape, with the server's text and token count
-    assert answer == [{
-        "generated_text": OPENAI_TEXT,
-        "details": {"finish_reason": "length", "generated_tokens": 7, "seed": None, "prefill": [], "tokens": []},
-    }]
+    assert answer == [
+        {
+            "generated_text": OPENAI_TEXT,
+            "details": {"finish_reason": "length", "generated_tokens": 7, "seed": None, "prefill": [], "tokens": []},
+        }
+    ]
 
 
 def test_openai_proxy_uses_the_configured_model_and_passes_sampling_parameters(fake_openai):

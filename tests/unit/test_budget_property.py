@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from sagebatch.domain.budget import BudgetExceeded, TokenBudget
 from sagebatch.domain.fitting import SUPPORTED, Call, answer
 from sagebatch.domain.generation import Generation
-from sagebatch.domain.records import ChatRecord, DocumentRecord, FitSettings, PromptRecord, RawRecord
 from sagebatch.domain.prompt import Message
+from sagebatch.domain.records import ChatRecord, DocumentRecord, FitSettings, PromptRecord, RawRecord
 from sagebatch.domain.tokens import get_tokenizer
 
 TOK = get_tokenizer()
@@ -133,7 +133,7 @@ def test_every_call_passes_tgi_length_checks_or_the_record_is_rejected(content, 
         # Then either it was refused (allowed outcome) ...
         event(f"rejected: {error.reason}")
         return
-    event(f"{type(content).__name__} answered with {outcome.strategy}, {outcome.calls > 1 and 'several calls' or 'one call'}")
+    event(f"{type(content).__name__} answered with {outcome.strategy}, {(outcome.calls > 1 and 'several calls') or 'one call'}")
     # ... or every call passed both TGI checks, counted independently on the exact inputs
     assert endpoint.calls, "an answered record made at least one call"
     for call in endpoint.calls:
@@ -141,7 +141,7 @@ def test_every_call_passes_tgi_length_checks_or_the_record_is_rejected(content, 
         assert call.inputs, "TGI rejects empty inputs"
         assert count == call.input_tokens
         assert count <= budget.max_input_length
-        assert 1 <= call.max_new_tokens and count + call.max_new_tokens <= budget.max_total_tokens
+        assert call.max_new_tokens >= 1 and count + call.max_new_tokens <= budget.max_total_tokens
     # And the outcome accounts for exactly those calls
     assert outcome.calls == len(endpoint.calls)
     assert outcome.input_tokens == sum(c.input_tokens for c in endpoint.calls)

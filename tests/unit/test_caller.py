@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from sagebatch.endpoint.caller import AdaptiveCaller, make_default_caller
 from sagebatch.domain.generation import EndpointError, ErrorKind, Generation
+from sagebatch.endpoint.caller import AdaptiveCaller, make_default_caller
 from sagebatch.endpoint.limiter import AdaptiveLimiter, InMemoryLimiterStore, LimiterSettings
 from sagebatch.endpoint.retry import RetryBudget, RetryPolicy
 

@@ -32,7 +32,11 @@ OUTPUTS = {
 def test_param_values_are_json_when_they_parse_and_strings_otherwise():
     # Given numbers, a boolean and a list; When parsed; Then they keep their JSON types
     assert parse_params(["max_new_tokens=256", "temperature=0.7", "do_sample=true", 'stop=["a", "b"]']) == {
-        "max_new_tokens": 256, "temperature": 0.7, "do_sample": True, "stop": ["a", "b"]}
+        "max_new_tokens": 256,
+        "temperature": 0.7,
+        "do_sample": True,
+        "stop": ["a", "b"],
+    }
 
 
 def test_a_repeated_stop_adds_stop_sequences():
@@ -40,13 +44,17 @@ def test_a_repeated_stop_adds_stop_sequences():
     assert parse_params(["stop=###", "stop=</s>"]) == {"stop": ["###", "</s>"]}
 
 
-@pytest.mark.parametrize("items, says", [
-    (["max_new_tokens"], "--param takes KEY=VALUE"),
-    (["=5"], "--param takes KEY=VALUE"),
-    (["max_tokens=5"], "bad --param: max_tokens"),  # TGI's name is max_new_tokens
-    (["top_k=lots"], "bad --param: top_k"),
-    (["seed=1", "seed=2"], "--param seed is given twice"),
-], ids=["no-equals", "no-key", "unknown-name", "wrong-type", "twice"])
+@pytest.mark.parametrize(
+    "items, says",
+    [
+        (["max_new_tokens"], "--param takes KEY=VALUE"),
+        (["=5"], "--param takes KEY=VALUE"),
+        (["max_tokens=5"], "bad --param: max_tokens"),  # TGI's name is max_new_tokens
+        (["top_k=lots"], "bad --param: top_k"),
+        (["seed=1", "seed=2"], "--param seed is given twice"),
+    ],
+    ids=["no-equals", "no-key", "unknown-name", "wrong-type", "twice"],
+)
 def test_a_bad_param_is_a_usage_problem_naming_it(items, says):
     # Given a --param that cannot be a TGI parameter; When parsed; Then the problem names it
     with pytest.raises(UsageProblem, match=says):
@@ -62,10 +70,15 @@ def test_fit_takes_comma_separated_settings_or_a_json_object():
     assert parse_fit(None) is None
 
 
-@pytest.mark.parametrize("text, says", [
-    ("strategy", "--fit takes KEY=VALUE"), ("strategy=magic", "bad --fit: strategy"), ("{oops", "JSON object"),
-    ("chunk_tokens=8", "bad --fit: chunk_tokens"),
-])
+@pytest.mark.parametrize(
+    "text, says",
+    [
+        ("strategy", "--fit takes KEY=VALUE"),
+        ("strategy=magic", "bad --fit: strategy"),
+        ("{oops", "JSON object"),
+        ("chunk_tokens=8", "bad --fit: chunk_tokens"),
+    ],
+)
 def test_a_bad_fit_is_a_usage_problem(text, says):
     with pytest.raises(UsageProblem, match=says):
         parse_fit(text)
@@ -108,8 +121,11 @@ def test_the_environment_comes_before_samconfig(tmp_path):
 
 def test_samconfig_names_the_stack_and_its_region(tmp_path):
     # Given samconfig.toml as `sam deploy --guided` writes it (global and deploy parameters)
-    directory = samconfig(tmp_path, 'version = 0.1\n[default.global.parameters]\nstack_name = "global-name"\n'
-                                    '[default.deploy.parameters]\nstack_name = "deployed"\nregion = "eu-west-1"\n')
+    directory = samconfig(
+        tmp_path,
+        'version = 0.1\n[default.global.parameters]\nstack_name = "global-name"\n'
+        '[default.deploy.parameters]\nstack_name = "deployed"\nregion = "eu-west-1"\n',
+    )
 
     # When resolved without --stack or SAGEBATCH_STACK; Then the deploy section's name and region are used,
     # and --region still wins over the file's region
@@ -151,8 +167,9 @@ class FakeCloudFormation:
 
     def describe_stacks(self, StackName: str) -> dict[str, Any]:
         if StackName != "known":
-            raise ClientError({"Error": {"Code": "ValidationError", "Message": f"Stack with id {StackName} does not exist"}},
-                              "DescribeStacks")
+            raise ClientError(
+                {"Error": {"Code": "ValidationError", "Message": f"Stack with id {StackName} does not exist"}}, "DescribeStacks"
+            )
         return {"Stacks": [{"Outputs": [{"OutputKey": k, "OutputValue": v} for k, v in OUTPUTS.items()]}]}
 
 
@@ -188,8 +205,19 @@ def test_the_same_file_is_uploaded_to_the_same_key_outside_inputs(tmp_path):
 def test_watch_figures_rate_and_eta_come_from_the_progress_so_far():
     # Given a job 100 s in, with 250 of 1000 records done and 50,000 output tokens
     now = time.time()
-    job = Job(job_id="j", source="s3://b/k", bucket="b", key="k", status=JobStatus.RUNNING, started_at=now - 100,
-              total_records=1000, succeeded=240, failed=10, output_tokens=50_000, endpoint_calls=260)
+    job = Job(
+        job_id="j",
+        source="s3://b/k",
+        bucket="b",
+        key="k",
+        status=JobStatus.RUNNING,
+        started_at=now - 100,
+        total_records=1000,
+        succeeded=240,
+        failed=10,
+        output_tokens=50_000,
+        endpoint_calls=260,
+    )
 
     # When the figures are taken
     figures = progress_figures(job, now)

@@ -32,8 +32,15 @@ def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
         (["retry", "JOB", "--queue-url", "https://example.com/q"], "is not an SQS queue URL"),
         (["redrive", "--queue-url", "nope"], "is not an SQS queue URL"),
     ],
-    ids=["missing-file", "directory", "negative-timeout", "zero-timeout", "cancel-queue-url", "retry-queue-url",
-         "redrive-queue-url"],
+    ids=[
+        "missing-file",
+        "directory",
+        "negative-timeout",
+        "zero-timeout",
+        "cancel-queue-url",
+        "retry-queue-url",
+        "redrive-queue-url",
+    ],
 )
 def test_a_usage_mistake_is_one_sentence_and_exit_2(args: list[str], sentence: str, capsys: pytest.CaptureFixture[str]) -> None:
     # Given a command line with a mistake; When sagebatch runs it

@@ -115,8 +115,13 @@ def test_the_final_status_follows_the_stop_reason_only_if_records_were_stopped(v
 # -- retry ------------------------------------------------------------------------------------
 def test_retry_lineage_takes_every_record_that_did_not_succeed_in_order():
     # Given a parent's results: succeeded, failed, cancelled, succeeded, expired
-    results = [result(1, "succeeded"), result(2, "failed", "b"), result(3, "cancelled"), result(4, "succeeded"),
-               result(5, "expired", 17)]
+    results = [
+        result(1, "succeeded"),
+        result(2, "failed", "b"),
+        result(3, "cancelled"),
+        result(4, "succeeded"),
+        result(5, "expired", 17),
+    ]
 
     # When the retry's lineage is built
     lineage = retry_lineage(results)
@@ -211,8 +216,19 @@ def test_the_region_is_read_from_a_queue_url(url, region):
 
 
 def test_describe_shows_status_counts_stop_and_parent():
-    lines = describe(job(status="CANCELLED", total_records=6, total_shards=3, shards_done=3, succeeded=4, cancelled=2,
-                         stop_reason="cancelled", stopped_at=950.0, parent_job_id="p"))
+    lines = describe(
+        job(
+            status="CANCELLED",
+            total_records=6,
+            total_shards=3,
+            shards_done=3,
+            succeeded=4,
+            cancelled=2,
+            stop_reason="cancelled",
+            stopped_at=950.0,
+            parent_job_id="p",
+        )
+    )
     assert lines[0] == "job j CANCELLED"
     assert "6 total, 4 succeeded, 0 failed, 2 cancelled, 0 expired" in lines[2]
     assert "3/3 done" in lines[3]

@@ -75,8 +75,9 @@ def test_plumbing_grows_with_shards_worker_time_and_extra_calls():
 
     # Then Lambda time is the worker time plus the per-shard, per-record and per-job parts (1 GB functions) ...
     m = REQUEST_MODEL
-    assert one.lambda_gb_seconds == pytest.approx(100 + 32 * m.shard_lambda_seconds + 1000 * m.record_lambda_seconds
-                                                  + m.job_lambda_seconds)
+    assert one.lambda_gb_seconds == pytest.approx(
+        100 + 32 * m.shard_lambda_seconds + 1000 * m.record_lambda_seconds + m.job_lambda_seconds
+    )
     # ... the stop checks read the job item once a second a shard runs, and chunk answers go through the call cache
     assert one.dynamodb_read_units == pytest.approx(m.job_read_units + 32 * m.shard_read_units + 100)
     assert two.dynamodb_write_units - one.dynamodb_write_units == pytest.approx(200 * m.extra_call_write_units)
@@ -96,7 +97,7 @@ def test_job_cost_adds_endpoint_and_plumbing_and_says_when_the_prices_were_read(
     assert cost["plumbing_usd"] == pytest.approx(sum(cost["plumbing"].values()), abs=1e-5)
     assert cost["prices_as_of"] == PRICES_AS_OF
     assert cost["endpoint_hourly_price"] == 3.0
-    assert DEFAULT_ENDPOINT_HOURLY_PRICE == PRICES.endpoint_hour
+    assert PRICES.endpoint_hour == DEFAULT_ENDPOINT_HOURLY_PRICE
 
 
 # -- shares of endpoint time -------------------------------------------------------------------------------------
@@ -145,10 +146,17 @@ def _caller(clock: Clock, script: list[object], max_inflight: int = 15) -> Adapt
             assert isinstance(outcome, Generation)
             return outcome
 
-    limiter = AdaptiveLimiter(InMemoryLimiterStore(LimiterSettings.for_endpoint(120, margin=0, sharers=120 // max_inflight)),
-                              clock=clock)
-    return AdaptiveCaller(Endpoint(), limiter, RetryPolicy(max_attempts=3, budget=RetryBudget()), clock=clock,
-                          sleep=lambda s: None, endpoint_slots=120)
+    limiter = AdaptiveLimiter(
+        InMemoryLimiterStore(LimiterSettings.for_endpoint(120, margin=0, sharers=120 // max_inflight)), clock=clock
+    )
+    return AdaptiveCaller(
+        Endpoint(),
+        limiter,
+        RetryPolicy(max_attempts=3, budget=RetryBudget()),
+        clock=clock,
+        sleep=lambda s: None,
+        endpoint_slots=120,
+    )
 
 
 def test_the_caller_charges_each_answer_its_attempts_share_of_the_endpoint():
@@ -192,8 +200,19 @@ def test_shard_counts_sum_the_results_shares_which_results_jsonl_does_not_show()
 
 def test_the_manifest_carries_endpoint_seconds_and_the_cost_at_the_stack_price():
     # Given a finished job that had 720 s of the endpoint
-    job = Job(job_id="j", source="s3://b/k", bucket="b", key="k", total_records=100, total_shards=4, succeeded=100,
-              endpoint_calls=100, output_tokens=12_800, endpoint_seconds=720.0, worker_seconds=5760.0)
+    job = Job(
+        job_id="j",
+        source="s3://b/k",
+        bucket="b",
+        key="k",
+        total_records=100,
+        total_shards=4,
+        succeeded=100,
+        endpoint_calls=100,
+        output_tokens=12_800,
+        endpoint_seconds=720.0,
+        worker_seconds=5760.0,
+    )
 
     # When its manifest is built with a $2.50 endpoint
     manifest = build_manifest(job, "b", finished_at=job.created_at + 800, status="COMPLETED", endpoint_hourly_price=2.5)

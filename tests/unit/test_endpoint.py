@@ -36,15 +36,33 @@ def test_a_payload_over_sagemakers_6_mib_is_refused_without_being_sent():
 @pytest.mark.parametrize(
     "response, kind",
     [
-        ({"Error": {"Code": "ModelError", "Message": "x"}, "OriginalStatusCode": 429,
-          "OriginalMessage": '{"error": "Model is overloaded", "error_type": "overloaded"}'}, ErrorKind.OVERLOADED),
-        ({"Error": {"Code": "ModelError", "Message": "x"}, "OriginalStatusCode": 422,
-          "OriginalMessage": '{"error": "Input validation error: ...", "error_type": "validation"}'}, ErrorKind.VALIDATION),
+        (
+            {
+                "Error": {"Code": "ModelError", "Message": "x"},
+                "OriginalStatusCode": 429,
+                "OriginalMessage": '{"error": "Model is overloaded", "error_type": "overloaded"}',
+            },
+            ErrorKind.OVERLOADED,
+        ),
+        (
+            {
+                "Error": {"Code": "ModelError", "Message": "x"},
+                "OriginalStatusCode": 422,
+                "OriginalMessage": '{"error": "Input validation error: ...", "error_type": "validation"}',
+            },
+            ErrorKind.VALIDATION,
+        ),
         ({"Error": {"Code": "ModelError", "Message": "Your invocation timed out"}, "OriginalStatusCode": 0}, ErrorKind.TIMEOUT),
-        ({"Error": {"Code": "ModelError", "Message": "x"}, "OriginalStatusCode": 500, "OriginalMessage": "boom"}, ErrorKind.SERVER_ERROR),
+        (
+            {"Error": {"Code": "ModelError", "Message": "x"}, "OriginalStatusCode": 500, "OriginalMessage": "boom"},
+            ErrorKind.SERVER_ERROR,
+        ),
         ({"Error": {"Code": "ThrottlingException", "Message": None}}, ErrorKind.THROTTLED),
         ({"Error": {"Code": "ModelNotReadyException", "Message": "loading"}}, ErrorKind.NOT_READY),
-        ({"Error": {"Code": "ValidationError", "Message": "bad"}, "ResponseMetadata": {"HTTPStatusCode": 400}}, ErrorKind.VALIDATION),
+        (
+            {"Error": {"Code": "ValidationError", "Message": "bad"}, "ResponseMetadata": {"HTTPStatusCode": 400}},
+            ErrorKind.VALIDATION,
+        ),
     ],
     ids=["tgi-429", "tgi-422", "timeout", "container-500", "throttling", "not-ready", "validation"],
 )

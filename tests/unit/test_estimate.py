@@ -39,7 +39,10 @@ def test_the_plan_counts_calls_and_tokens_as_the_worker_would():
     count = get_tokenizer().count
     assert plan.records == 5
     assert [(c.input_tokens, c.max_new_tokens) for c in plan.calls] == [
-        (count(TEXT), 50), (count(TEXT), SETTINGS.default_max_new_tokens), (count(TEXT + "again"), SETTINGS.default_max_new_tokens)]
+        (count(TEXT), 50),
+        (count(TEXT), SETTINGS.default_max_new_tokens),
+        (count(TEXT + "again"), SETTINGS.default_max_new_tokens),
+    ]
     assert plan.input_tokens == 2 * count(TEXT) + count(TEXT + "again")
     assert plan.output_tokens == 50 + 2 * SETTINGS.default_max_new_tokens  # "max": every call to its max_new_tokens
     assert plan.failed == {"invalid_json": 1, "context_length_exceeded": 1}

@@ -11,8 +11,8 @@ import pytest
 from sagebatch.domain.budget import BudgetExceeded, TokenBudget
 from sagebatch.domain.fitting import Call, UnsupportedStrategy, answer, default_strategy
 from sagebatch.domain.generation import Generation
-from sagebatch.domain.records import ChatRecord, DocumentRecord, FitSettings, PromptRecord, RawRecord, Strategy
 from sagebatch.domain.prompt import Message, PromptFormatError, render_messages
+from sagebatch.domain.records import ChatRecord, DocumentRecord, FitSettings, PromptRecord, RawRecord, Strategy
 from sagebatch.domain.tokens import get_tokenizer
 
 TOK = get_tokenizer()
@@ -43,9 +43,7 @@ class FakeEndpoint:
 def within_tgi_limits(call: Call, budget: TokenBudget) -> bool:
     count = TOK.count(call.inputs)  # recounted independently of the code under test
     return (
-        count == call.input_tokens
-        and count <= budget.max_input_length
-        and count + call.max_new_tokens <= budget.max_total_tokens
+        count == call.input_tokens and count <= budget.max_input_length and count + call.max_new_tokens <= budget.max_total_tokens
     )
 
 
@@ -243,8 +241,14 @@ def test_split_without_overlap_partitions_the_document_at_paragraphs() -> None:
     document = numbered_document(300)
     endpoint = FakeEndpoint()
     # When split
-    answer(DocumentRecord(instruction="Summarize.", document=document), 100,
-           FitSettings(strategy=Strategy.SPLIT, overlap_tokens=0), SMALL, TOK, endpoint)
+    answer(
+        DocumentRecord(instruction="Summarize.", document=document),
+        100,
+        FitSettings(strategy=Strategy.SPLIT, overlap_tokens=0),
+        SMALL,
+        TOK,
+        endpoint,
+    )
     # Then the chunks, rejoined, are the document, and every chunk holds whole paragraphs
     chunks = [chunk_of(c, "Summarize.") for c in endpoint.calls]
     assert "\n\n".join(chunks) == document
@@ -272,8 +276,14 @@ def test_chunk_tokens_caps_the_chunk_size() -> None:
     endpoint = FakeEndpoint()
     document = numbered_document(2000)  # ~30,000 tokens
     # When split
-    answer(DocumentRecord(instruction="Summarize.", document=document), 256,
-           FitSettings(strategy=Strategy.SPLIT, chunk_tokens=100, overlap_tokens=0), BIG, TOK, endpoint)
+    answer(
+        DocumentRecord(instruction="Summarize.", document=document),
+        256,
+        FitSettings(strategy=Strategy.SPLIT, chunk_tokens=100, overlap_tokens=0),
+        BIG,
+        TOK,
+        endpoint,
+    )
     # Then no chunk holds more than 100 tokens of document
     assert all(TOK.count(chunk_of(c, "Summarize.")) - 1 <= 100 for c in endpoint.calls)
 
@@ -287,8 +297,7 @@ def test_map_reduce_answers_a_30000_token_document_within_budget() -> None:
     assert TOK.count(document) > 30000
     endpoint = FakeEndpoint(reply=lambda call, i: " ".join(["token"] * call.max_new_tokens))
     # When answered with the default strategy (map_reduce) and 512 new tokens
-    outcome = answer(DocumentRecord(instruction="Summarize the events.", document=document), 512,
-                     generate=endpoint)
+    outcome = answer(DocumentRecord(instruction="Summarize the events.", document=document), 512, generate=endpoint)
     # Then chunk calls were batched together, a final call combined them, and every call fits
     assert outcome.strategy is Strategy.MAP_REDUCE
     assert len(endpoint.batches[0]) == outcome.chunks > 1 and len(endpoint.batches[-1]) == 1
@@ -305,8 +314,14 @@ def test_map_reduce_combines_recursively_when_partials_do_not_fit() -> None:
     # Given a small budget, a long document, and verbose partial answers
     endpoint = FakeEndpoint(reply=lambda call, i: " ".join(["word"] * call.max_new_tokens))
     # When answered with map_reduce
-    outcome = answer(DocumentRecord(instruction="Summarize.", document=numbered_document(600)), 200,
-                     FitSettings(strategy=Strategy.MAP_REDUCE), SMALL, TOK, endpoint)
+    outcome = answer(
+        DocumentRecord(instruction="Summarize.", document=numbered_document(600)),
+        200,
+        FitSettings(strategy=Strategy.MAP_REDUCE),
+        SMALL,
+        TOK,
+        endpoint,
+    )
     # Then there were intermediate combining rounds, each batched and shrinking, and a single final call
     sizes = [len(b) for b in endpoint.batches]
     assert len(sizes) >= 3 and sizes[-1] == 1 and sizes == sorted(sizes, reverse=True)

@@ -12,18 +12,17 @@ from typing import Any
 
 import pytest
 
-from sagebatch.endpoint.share import SlotShare
-from sagebatch.fakes import InMemoryEnvironmentRegistry
-from sagebatch.usecases.batch import WorkerInvocation
 from sagebatch.domain.generation import EndpointError, ErrorKind, Generation
 from sagebatch.endpoint.caller import AdaptiveCaller
 from sagebatch.endpoint.limiter import AdaptiveLimiter, InMemoryLimiterStore
 from sagebatch.endpoint.retry import RetryBudget, RetryPolicy
-from sagebatch.fakes import FakeAws, Pipeline, build_pipeline, fake_settings
+from sagebatch.endpoint.share import SlotShare
+from sagebatch.fakes import FakeAws, InMemoryEnvironmentRegistry, Pipeline, build_pipeline, fake_settings
 from sagebatch.lambdas import metrics as names
 from sagebatch.lambdas import service
 from sagebatch.lambdas.telemetry import MeteredCaller
 from sagebatch.tooling.local.runner import LambdaContext, load_handler, sqs_event
+from sagebatch.usecases.batch import WorkerInvocation
 from tests.conftest import ROOT, jsonl
 from tests.emf import Emf
 

@@ -72,9 +72,13 @@ def test_only_jobs_finalized_with_results_point_at_results_and_every_finished_jo
     results = f"s3://{BUCKET}/outputs/job-1/results.jsonl"
     manifest = f"s3://{BUCKET}/outputs/job-1/manifest.json"
     assert uris == {
-        JobStatus.CREATING: (None, None), JobStatus.RUNNING: (None, None), JobStatus.FINALIZING: (None, None),
-        JobStatus.COMPLETED: (results, manifest), JobStatus.CANCELLED: (results, manifest),
-        JobStatus.EXPIRED: (results, manifest), JobStatus.FAILED: (None, manifest),
+        JobStatus.CREATING: (None, None),
+        JobStatus.RUNNING: (None, None),
+        JobStatus.FINALIZING: (None, None),
+        JobStatus.COMPLETED: (results, manifest),
+        JobStatus.CANCELLED: (results, manifest),
+        JobStatus.EXPIRED: (results, manifest),
+        JobStatus.FAILED: (None, manifest),
     }
 
 
@@ -84,7 +88,9 @@ def test_the_counts_are_the_jobs_with_the_total_the_change_brings():
 
     # Then the total is the new one and the detail carries counts, tokens and the time in UTC with milliseconds
     assert event.counts.total == 7
-    later = change(JobStatus.COMPLETED, total_records=3, succeeded=2, failed=1, input_tokens=40, output_tokens=9, endpoint_calls=4)
+    later = change(
+        JobStatus.COMPLETED, total_records=3, succeeded=2, failed=1, input_tokens=40, output_tokens=9, endpoint_calls=4
+    )
     assert json.loads(later.detail_json())["counts"] == {"total": 3, "succeeded": 2, "failed": 1, "cancelled": 0, "expired": 0}
     assert (later.tokens.input, later.tokens.output, later.endpoint_calls) == (40, 9, 4)
     assert event.time == "2025-06-15T15:06:40.250+00:00"
@@ -119,8 +125,9 @@ def aws() -> Iterator[None]:
 
 def publisher(topic: str | None = None, **options: Any) -> EventBridgeJobEvents:
     sns = boto3.client("sns", region_name=REGION) if topic else None
-    return EventBridgeJobEvents(boto3.client("events", region_name=REGION), "default", sns, topic,
-                                sleep=lambda seconds: None, **options)
+    return EventBridgeJobEvents(
+        boto3.client("events", region_name=REGION), "default", sns, topic, sleep=lambda seconds: None, **options
+    )
 
 
 def refused_entry(code: str = "InternalFailure") -> Any:

@@ -44,7 +44,9 @@ def test_an_empty_file_still_goes_through_every_status(pipeline):
     aws.objects.put(aws.settings.bucket_name, "staging/empty.jsonl", b"")
 
     # When it runs
-    drive(aws, json.dumps({"job_id": "empty", "input": f"s3://{aws.settings.bucket_name}/staging/empty.jsonl"}), pipeline=pipeline)
+    drive(
+        aws, json.dumps({"job_id": "empty", "input": f"s3://{aws.settings.bucket_name}/staging/empty.jsonl"}), pipeline=pipeline
+    )
 
     # Then its events are the same four, the last with a total of 0
     assert aws.events.statuses("empty") == [C, R, F, DONE]

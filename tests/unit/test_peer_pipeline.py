@@ -30,8 +30,12 @@ MAX_LINE_BYTES = 1024 * 1024
 
 
 def chat(custom_id: str = "c1", **body: Any) -> dict[str, Any]:
-    return {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions",
-            "body": {"messages": [{"role": "user", "content": "Hi"}], **body}}
+    return {
+        "custom_id": custom_id,
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"messages": [{"role": "user", "content": "Hi"}], **body},
+    }
 
 
 def bedrock(record_id: str = "r1", **model_input: Any) -> dict[str, Any]:
@@ -95,7 +99,9 @@ def test_a_file_with_no_recognisable_line_is_read_as_native(objects: InMemoryObj
     info = objects.put(BUCKET, "junk.jsonl", lines(b"{oops", {"colour": "blue"}, b""))
     empty = objects.put(BUCKET, "empty.jsonl", b"")
     # When intake decides their formats; Then both are native, decided by no line
-    assert decide_input_format(objects, info, MAX_LINE_BYTES) == decide_input_format(objects, empty, MAX_LINE_BYTES) == InputFormat()
+    assert (
+        decide_input_format(objects, info, MAX_LINE_BYTES) == decide_input_format(objects, empty, MAX_LINE_BYTES) == InputFormat()
+    )
 
 
 def test_a_job_message_takes_an_output_format_and_refuses_others() -> None:
@@ -126,7 +132,10 @@ def test_a_line_of_another_format_fails_alone_under_its_own_id(runner: RecordRun
     result = run(runner, bedrock("CALL7"), "openai")
     # When it has run; Then it failed with the formats module's message, keeping its recordId, and cost no call
     assert (result.status, result.id, result.error and result.error.type) == ("failed", "CALL7", "invalid_record")
-    assert result.error is not None and "file is in OpenAI Batch format (decided by its first record on line 1)" in result.error.message
+    assert (
+        result.error is not None
+        and "file is in OpenAI Batch format (decided by its first record on line 1)" in result.error.message
+    )
     assert endpoint.calls == []
 
 
@@ -156,8 +165,16 @@ def test_a_peer_line_a_stopped_job_never_ran_keeps_its_peer_id(runner: RecordRun
 # -- the finalizer's result files --------------------------------------------------------------------
 def make_job(objects: InMemoryObjectStore, data: bytes, output_format: Any, **fields: Any) -> Job:
     info = objects.put(BUCKET, "input.jsonl", data)
-    return Job(job_id="j1", source="", bucket=BUCKET, key="input.jsonl", version_id=info.version_id, etag=info.etag,
-               output_format=output_format, **fields)
+    return Job(
+        job_id="j1",
+        source="",
+        bucket=BUCKET,
+        key="input.jsonl",
+        version_id=info.version_id,
+        etag=info.etag,
+        output_format=output_format,
+        **fields,
+    )
 
 
 def write_files(objects: InMemoryObjectStore, job: Job, results: list[ResultLine]) -> list[dict[str, Any]]:
@@ -221,8 +238,12 @@ def test_native_fields_read_a_results_line_in_any_format() -> None:
 
 def test_the_manifest_names_the_formats_and_the_error_file_only_for_openai() -> None:
     # Given an OpenAI-output job and a Bedrock-output one
-    manifests = [build_manifest(Job(job_id="j", source="", bucket="b", key="k", input_format="openai", output_format=fmt),
-                                "out", 0.0, "COMPLETED") for fmt in ("openai", "bedrock")]
+    manifests = [
+        build_manifest(
+            Job(job_id="j", source="", bucket="b", key="k", input_format="openai", output_format=fmt), "out", 0.0, "COMPLETED"
+        )
+        for fmt in ("openai", "bedrock")
+    ]
     # When their manifests are built; Then only the OpenAI one lists errors.jsonl
     assert manifests[0]["errors"] == "s3://out/outputs/j/errors.jsonl" and manifests[1]["errors"] is None
     assert [(m["input_format"], m["output_format"]) for m in manifests] == [("openai", "openai"), ("openai", "bedrock")]

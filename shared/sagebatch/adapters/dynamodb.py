@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from decimal import Decimal
-from typing import Any, Callable
+from typing import Any
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
@@ -58,7 +59,10 @@ def to_item(values: dict[str, Any]) -> dict[str, Any]:
 
 def from_item(item: dict[str, Any]) -> dict[str, Any]:
     plain = {k: _DESER.deserialize(v) for k, v in item.items()}
-    return {k: (int(v) if isinstance(v, Decimal) and v == int(v) else float(v) if isinstance(v, Decimal) else v) for k, v in plain.items()}
+    return {
+        k: (int(v) if isinstance(v, Decimal) and v == int(v) else float(v) if isinstance(v, Decimal) else v)
+        for k, v in plain.items()
+    }
 
 
 def job_from_item(item: dict[str, Any]) -> Job:
@@ -88,5 +92,3 @@ def written(write: Callable[[], Any]) -> bool:
         if is_condition_failure(error):
             return False
         raise
-
-

@@ -19,8 +19,9 @@ class DynamoEnvironmentRegistry:
     def heartbeat(self, environment: str, until: float, now: float) -> int:
         self._table.db.put_item(
             TableName=self._table.name,
-            Item=to_item({"pk": self._pk, "sk": f"ENV#{environment}", "until": until,
-                          "expires_at": self._table.expires_at(until)}),
+            Item=to_item(
+                {"pk": self._pk, "sk": f"ENV#{environment}", "until": until, "expires_at": self._table.expires_at(until)}
+            ),
         )
         response: dict[str, Any] = self._table.db.query(
             TableName=self._table.name,

@@ -12,7 +12,6 @@ from sagebatch.adapters.dynamodb import Table, is_condition_failure, job_from_it
 from sagebatch.domain.job import ACTIVE, Job, JobStatus, ShardCounts, sources
 from sagebatch.domain.results import StopReason
 
-
 # The sparse index `sagebatch list` reads (template.yaml, JobsTable): job items only, newest first by created_at.
 JOBS_INDEX = "jobs-by-created"
 JOB_KIND = "JOB"
@@ -31,11 +30,13 @@ class DynamoJobStore:
         values["fit"] = json.dumps(values["fit"]) if values["fit"] else None
         values.update(pk=pk(job.job_id), sk="META", expires_at=int(job.created_at) + self._table.ttl_seconds)
         values.update(kind=JOB_KIND)  # enters the sparse jobs-by-created index (its sort key is created_at)
-        if written(lambda: self._table.db.put_item(
+        if written(
+            lambda: self._table.db.put_item(
                 TableName=self._table.name,
                 Item=to_item(values),
                 ConditionExpression="attribute_not_exists(pk)",
-            )):
+            )
+        ):
             return job, True
         existing = self.get_job(job.job_id)
         assert existing is not None
@@ -48,21 +49,28 @@ class DynamoJobStore:
         return job_from_item(response["Item"]) if "Item" in response else None
 
     def _transition(
-        self, job_id: str, target: JobStatus, assignments: list[str], values: dict[str, Any], extra_condition: str = "",
+        self,
+        job_id: str,
+        target: JobStatus,
+        assignments: list[str],
+        values: dict[str, Any],
+        extra_condition: str = "",
         names: dict[str, str] | None = None,
     ) -> bool:
         """Move the job to `target` if it is in one of the statuses the state machine allows (domain.job)."""
         allowed = sorted(sources(target))
         statuses = {f":from{i}": status for i, status in enumerate(allowed)}
         condition = f"#s IN ({', '.join(statuses)})" + (f" AND {extra_condition}" if extra_condition else "")
-        return written(lambda: self._table.db.update_item(
-            TableName=self._table.name,
-            Key=self._key(job_id),
-            UpdateExpression="SET " + ", ".join(["#s = :target", *assignments]),
-            ConditionExpression=condition,
-            ExpressionAttributeNames={"#s": "status", **(names or {})},
-            ExpressionAttributeValues=to_item({":target": target, **statuses, **values}),
-        ))
+        return written(
+            lambda: self._table.db.update_item(
+                TableName=self._table.name,
+                Key=self._key(job_id),
+                UpdateExpression="SET " + ", ".join(["#s = :target", *assignments]),
+                ConditionExpression=condition,
+                ExpressionAttributeNames={"#s": "status", **(names or {})},
+                ExpressionAttributeValues=to_item({":target": target, **statuses, **values}),
+            )
+        )
 
     def start_job(
         self, job_id: str, total_records: int, total_shards: int, version_id: str | None = None, etag: str | None = None
@@ -71,8 +79,9 @@ class DynamoJobStore:
         values = {":tr": total_records, ":ts": total_shards, ":now": now_decimal(), ":v": version_id, ":e": etag}
         assignments = ["total_records = :tr", "total_shards = :ts", "started_at = :now"]
         # The version (or ETag) intake read, so a retry re-reads exactly this input later.
-        assignments += [f"{name} = {placeholder}" for name, placeholder in (("version_id", ":v"), ("etag", ":e"))
-                        if values[placeholder]]
+        assignments += [
+            f"{name} = {placeholder}" for name, placeholder in (("version_id", ":v"), ("etag", ":e")) if values[placeholder]
+        ]
         self._transition(job_id, JobStatus.RUNNING, assignments, {k: v for k, v in values.items() if v is not None})
 
     def request_stop(self, job_id: str, reason: StopReason) -> tuple[Job | None, bool]:
@@ -99,8 +108,13 @@ class DynamoJobStore:
         return self.get_job(job_id), False
 
     def fail_job(self, job_id: str, reason: str) -> None:
-        self._transition(job_id, JobStatus.FAILED, ["#e = :reason", "finished_at = :now"], {":reason": reason, ":now": now_decimal()},
-                         names={"#e": "error"})
+        self._transition(
+            job_id,
+            JobStatus.FAILED,
+            ["#e = :reason", "finished_at = :now"],
+            {":reason": reason, ":now": now_decimal()},
+            names={"#e": "error"},
+        )
 
     def try_begin_finalize(self, job_id: str) -> bool:
         """RUNNING -> FINALIZING once every shard is done. Exactly one caller ever gets True."""
@@ -112,7 +126,9 @@ class DynamoJobStore:
 
     def mark_finalize_requested(self, job_id: str) -> None:
         self._table.db.update_item(
-            TableName=self._table.name, Key=self._key(job_id), UpdateExpression="SET finalize_requested = :yes",
+            TableName=self._table.name,
+            Key=self._key(job_id),
+            UpdateExpression="SET finalize_requested = :yes",
             ExpressionAttributeValues=to_item({":yes": True}),
         )
 
@@ -128,32 +144,38 @@ class DynamoJobStore:
 
     def complete_shard(self, job_id: str, shard: int, counts: ShardCounts) -> bool:
         """Mark the shard done and add its counts to the job, atomically and at most once."""
-        return written(lambda: self._table.db.transact_write_items(
-            TransactItems=[
-                {
-                    "Put": {
-                        "TableName": self._table.name,
-                        "Item": to_item(
-                            {"pk": pk(job_id), "sk": f"SHARD#{shard:08d}", **counts.model_dump(),
-                             "expires_at": int(time.time()) + self._table.ttl_seconds}
-                        ),
-                        "ConditionExpression": "attribute_not_exists(pk)",
-                    }
-                },
-                {
-                    "Update": {
-                        "TableName": self._table.name,
-                        "Key": to_item({"pk": pk(job_id), "sk": "META"}),
-                        # Every counter of ShardCounts (float ones, e.g. endpoint_seconds, as decimals).
-                        "UpdateExpression": "ADD shards_done :one, "
-                        + ", ".join(f"{name} :{name}" for name in ShardCounts.model_fields),
-                        "ExpressionAttributeValues": to_item(
-                            {":one": 1, **{f":{name}": value for name, value in counts.model_dump().items()}}
-                        ),
-                    }
-                },
-            ]
-        ))
+        return written(
+            lambda: self._table.db.transact_write_items(
+                TransactItems=[
+                    {
+                        "Put": {
+                            "TableName": self._table.name,
+                            "Item": to_item(
+                                {
+                                    "pk": pk(job_id),
+                                    "sk": f"SHARD#{shard:08d}",
+                                    **counts.model_dump(),
+                                    "expires_at": int(time.time()) + self._table.ttl_seconds,
+                                }
+                            ),
+                            "ConditionExpression": "attribute_not_exists(pk)",
+                        }
+                    },
+                    {
+                        "Update": {
+                            "TableName": self._table.name,
+                            "Key": to_item({"pk": pk(job_id), "sk": "META"}),
+                            # Every counter of ShardCounts (float ones, e.g. endpoint_seconds, as decimals).
+                            "UpdateExpression": "ADD shards_done :one, "
+                            + ", ".join(f"{name} :{name}" for name in ShardCounts.model_fields),
+                            "ExpressionAttributeValues": to_item(
+                                {":one": 1, **{f":{name}": value for name, value in counts.model_dump().items()}}
+                            ),
+                        }
+                    },
+                ]
+            )
+        )
 
     # -- listing ----------------------------------------------------------------------------
     def list_jobs(self, status: JobStatus | None = None, since: float | None = None, limit: int = 20) -> list[Job]:
@@ -167,8 +189,12 @@ class DynamoJobStore:
         condition = "#k = :kind" + (" AND created_at >= :since" if since is not None else "")
         values: dict[str, Any] = {":kind": JOB_KIND} | ({":since": float(since)} if since is not None else {})
         names = {"#k": "kind"}
-        query: dict[str, Any] = {"TableName": self._table.name, "IndexName": JOBS_INDEX, "KeyConditionExpression": condition,
-                                 "ScanIndexForward": False}
+        query: dict[str, Any] = {
+            "TableName": self._table.name,
+            "IndexName": JOBS_INDEX,
+            "KeyConditionExpression": condition,
+            "ScanIndexForward": False,
+        }
         if status is not None:
             query["FilterExpression"] = "#s = :status"
             names["#s"] = "status"
@@ -190,7 +216,7 @@ class DynamoJobStore:
         """The job items for `keys` (BatchGetItem, 100 a request, unprocessed keys asked again), by pk."""
         found: dict[str, Job] = {}
         for start in range(0, len(keys), _BATCH_GET):
-            pending: dict[str, Any] = {self._table.name: {"Keys": keys[start:start + _BATCH_GET], "ConsistentRead": True}}
+            pending: dict[str, Any] = {self._table.name: {"Keys": keys[start : start + _BATCH_GET], "ConsistentRead": True}}
             while pending:
                 response = self._table.db.batch_get_item(RequestItems=pending)
                 for item in response.get("Responses", {}).get(self._table.name, []):

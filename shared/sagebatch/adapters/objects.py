@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from typing import IO, Any, Iterator
+from collections.abc import Iterator
+from typing import IO, Any
 
 from botocore.exceptions import ClientError
 
@@ -26,7 +27,9 @@ class S3ObjectStore:
             code = error.response.get("Error", {}).get("Code", "")
             raise InputUnreadable(f"cannot read s3://{bucket}/{key}: {code or 'error'}") from error
         version = response.get("VersionId")
-        return ObjectInfo(bucket, key, None if version in (None, "null") else version, response["ETag"], response["ContentLength"])
+        return ObjectInfo(
+            bucket, key, None if version in (None, "null") else version, response["ETag"], response["ContentLength"]
+        )
 
     def _get(self, info: ObjectInfo, range_header: str | None = None) -> Any:
         kwargs: dict[str, Any] = {"Bucket": info.bucket, "Key": info.key}

@@ -4,7 +4,8 @@ SqsDeadLetterQueues: redrive a dead-letter queue back to its source."""
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from botocore.exceptions import ClientError
 from pydantic import BaseModel
@@ -62,11 +63,16 @@ class SqsWorkSource:
 
     def receive(self, max_items: int) -> list[WorkItem]:
         response = self._sqs.receive_message(
-            QueueUrl=self._queue_url, MaxNumberOfMessages=max(1, min(_SQS_BATCH, max_items)), WaitTimeSeconds=0,
-            VisibilityTimeout=self._visibility_timeout_s, AttributeNames=["ApproximateReceiveCount"],
+            QueueUrl=self._queue_url,
+            MaxNumberOfMessages=max(1, min(_SQS_BATCH, max_items)),
+            WaitTimeSeconds=0,
+            VisibilityTimeout=self._visibility_timeout_s,
+            AttributeNames=["ApproximateReceiveCount"],
         )
         return [
-            WorkItem(m["MessageId"], m["Body"], int(m.get("Attributes", {}).get("ApproximateReceiveCount", 1)), m["ReceiptHandle"])
+            WorkItem(
+                m["MessageId"], m["Body"], int(m.get("Attributes", {}).get("ApproximateReceiveCount", 1)), m["ReceiptHandle"]
+            )
             for m in response.get("Messages", [])
         ]
 
@@ -119,7 +125,10 @@ class SqsDeadLetterQueues:
         moved = 0
         while True:
             messages = self._sqs.receive_message(
-                QueueUrl=dlq_url, MaxNumberOfMessages=_SQS_BATCH, WaitTimeSeconds=wait_s, MessageAttributeNames=["All"],
+                QueueUrl=dlq_url,
+                MaxNumberOfMessages=_SQS_BATCH,
+                WaitTimeSeconds=wait_s,
+                MessageAttributeNames=["All"],
                 VisibilityTimeout=60,
             ).get("Messages", [])
             if not messages:
@@ -138,7 +147,9 @@ class SqsDeadLetterQueues:
 def _attributes(message: dict[str, Any]) -> dict[str, Any]:
     """A received message's attributes in the shape SendMessageBatch takes (sagebatch's own messages have none)."""
     keep = ("DataType", "StringValue", "BinaryValue")
-    attributes = {name: {k: v for k, v in value.items() if k in keep} for name, value in message.get("MessageAttributes", {}).items()}
+    attributes = {
+        name: {k: v for k, v in value.items() if k in keep} for name, value in message.get("MessageAttributes", {}).items()
+    }
     return {"MessageAttributes": attributes} if attributes else {}
 
 

@@ -29,9 +29,16 @@ class DynamoCallCacheStore:
     def put_call(self, job_id: str, line: int, key: str, result: Generation) -> None:
         self._table.db.put_item(
             TableName=self._table.name,
-            Item=to_item({"pk": pk(job_id), "sk": f"CALL#{line:012d}#{key}", "text": result.text,
-                          "generated_tokens": result.generated_tokens, "finish_reason": result.finish_reason,
-                          "expires_at": self._table.expires_at()}),
+            Item=to_item(
+                {
+                    "pk": pk(job_id),
+                    "sk": f"CALL#{line:012d}#{key}",
+                    "text": result.text,
+                    "generated_tokens": result.generated_tokens,
+                    "finish_reason": result.finish_reason,
+                    "expires_at": self._table.expires_at(),
+                }
+            ),
         )
 
 

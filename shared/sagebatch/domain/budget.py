@@ -67,9 +67,7 @@ class TokenBudget(BaseModel):
 class BudgetExceeded(ValueError):
     """A request (or an irreducible part of it) does not fit the token budget."""
 
-    def __init__(
-        self, input_tokens: int, max_new_tokens: int, budget: TokenBudget, reason: str | None = None
-    ) -> None:
+    def __init__(self, input_tokens: int, max_new_tokens: int, budget: TokenBudget, reason: str | None = None) -> None:
         self.input_tokens = input_tokens
         self.max_new_tokens = max_new_tokens
         self.budget = budget
@@ -83,5 +81,9 @@ class BudgetExceeded(ValueError):
             message = f"{reason}: {message}"
         super().__init__(message)
 
-    def __reduce__(self) -> tuple[type[BudgetExceeded], tuple[int, int, TokenBudget, str | None]]:  # keep the exception picklable across process pools
+    def __reduce__(
+        self,
+    ) -> tuple[
+        type[BudgetExceeded], tuple[int, int, TokenBudget, str | None]
+    ]:  # keep the exception picklable across process pools
         return (type(self), (self.input_tokens, self.max_new_tokens, self.budget, self.reason))

@@ -128,18 +128,31 @@ def plumbing_usage(counts: JobCounts, model: RequestModel = REQUEST_MODEL) -> Pl
     m, c = model, counts
     extra_calls = max(0.0, c.endpoint_calls - c.records)
     result_bytes = c.records * m.record_result_bytes + c.output_tokens * m.result_bytes_per_output_token
-    lambda_seconds = (m.job_lambda_seconds + c.shards * m.shard_lambda_seconds + c.worker_seconds
-                      + c.records * m.record_lambda_seconds)
+    lambda_seconds = (
+        m.job_lambda_seconds + c.shards * m.shard_lambda_seconds + c.worker_seconds + c.records * m.record_lambda_seconds
+    )
     return Plumbing(
         lambda_requests=m.job_lambda_requests + c.shards * m.shard_lambda_requests,
         lambda_gb_seconds=LAMBDA_MEMORY_GB * lambda_seconds,
         sqs_requests=m.job_sqs_requests + c.shards * m.shard_sqs_requests,
-        dynamodb_write_units=(m.job_write_units + c.shards * m.shard_write_units
-                              + c.worker_seconds * m.shard_second_write_units + extra_calls * m.extra_call_write_units),
-        dynamodb_read_units=(m.job_read_units + c.shards * m.shard_read_units
-                             + c.worker_seconds * m.shard_second_read_units + extra_calls * m.extra_call_read_units),
-        s3_puts=(m.job_s3_puts + c.shards * (m.shard_s3_puts + m.shard_s3_lists) + c.worker_seconds * m.shard_second_s3_puts
-                 + result_bytes / m.result_part_bytes),
+        dynamodb_write_units=(
+            m.job_write_units
+            + c.shards * m.shard_write_units
+            + c.worker_seconds * m.shard_second_write_units
+            + extra_calls * m.extra_call_write_units
+        ),
+        dynamodb_read_units=(
+            m.job_read_units
+            + c.shards * m.shard_read_units
+            + c.worker_seconds * m.shard_second_read_units
+            + extra_calls * m.extra_call_read_units
+        ),
+        s3_puts=(
+            m.job_s3_puts
+            + c.shards * (m.shard_s3_puts + m.shard_s3_lists)
+            + c.worker_seconds * m.shard_second_s3_puts
+            + result_bytes / m.result_part_bytes
+        ),
         s3_gets=m.job_s3_gets + c.shards * m.shard_s3_gets,
         eventbridge_events=m.job_events,
         log_gb=(m.job_log_bytes + c.shards * m.shard_log_bytes) / 1e9,
@@ -167,8 +180,11 @@ def endpoint_cost(endpoint_seconds: float, hourly_price: float) -> float:
 
 
 def job_cost(
-    endpoint_seconds: float, counts: JobCounts, hourly_price: float = DEFAULT_ENDPOINT_HOURLY_PRICE,
-    prices: Prices = PRICES, model: RequestModel = REQUEST_MODEL,
+    endpoint_seconds: float,
+    counts: JobCounts,
+    hourly_price: float = DEFAULT_ENDPOINT_HOURLY_PRICE,
+    prices: Prices = PRICES,
+    model: RequestModel = REQUEST_MODEL,
 ) -> dict[str, object]:
     """The manifest's `cost` object (also what `sagebatch estimate` prints)."""
     usage = plumbing_usage(counts, model)

@@ -193,9 +193,7 @@ def _frame_of(content: PromptRecord | DocumentRecord) -> tuple[_Frame, str]:
 
 
 class _Run:
-    def __init__(
-        self, budget: TokenBudget, tokenizer: MistralTokenizer, options: FitSettings, generate: Generate
-    ) -> None:
+    def __init__(self, budget: TokenBudget, tokenizer: MistralTokenizer, options: FitSettings, generate: Generate) -> None:
         self.budget = budget
         self.tok = tokenizer
         self.options = options
@@ -323,7 +321,9 @@ class _Run:
             else:
                 start = min(stop, start + cut)
         raise BudgetExceeded(
-            self.tok.count(render("")), max_new_tokens, self.budget,
+            self.tok.count(render("")),
+            max_new_tokens,
+            self.budget,
             reason="the fixed part of the request leaves no room for content",
         )
 
@@ -337,7 +337,9 @@ class _Run:
         capacity = self.budget.room_for_input(max_new_tokens) - fixed
         if capacity < MIN_CONTENT_TOKENS:
             raise BudgetExceeded(
-                fixed, max_new_tokens, self.budget,
+                fixed,
+                max_new_tokens,
+                self.budget,
                 reason=f"the instruction alone leaves fewer than {MIN_CONTENT_TOKENS} tokens for the document",
             )
         if self.options.chunk_tokens is not None:
@@ -389,7 +391,7 @@ class _Run:
             if stop < n:
                 stop = _natural_cut(spans, start + min_fill, stop)
             call, start, stop = self.fit_piece(frame.render, spans, start, stop, max_new_tokens)
-            if spans.text(start, stop).strip() or not calls and stop >= n:
+            if spans.text(start, stop).strip() or (not calls and stop >= n):
                 calls.append(call)
             if stop >= n:
                 break
@@ -403,8 +405,13 @@ class _Run:
         outputs = [r.text for r in results]
         finish = "length" if any(r.finish_reason == "length" for r in results) else results[-1].finish_reason
         return self.outcome(
-            _join(*(o.strip() for o in outputs)), finish, Strategy.SPLIT, max_new_tokens, new_tokens,
-            chunks=len(calls), chunk_outputs=outputs,
+            _join(*(o.strip() for o in outputs)),
+            finish,
+            Strategy.SPLIT,
+            max_new_tokens,
+            new_tokens,
+            chunks=len(calls),
+            chunk_outputs=outputs,
         )
 
     def map_reduce(self, frame: _Frame, part: str, max_new_tokens: int) -> FitOutcome:
@@ -415,7 +422,9 @@ class _Run:
         map_new = min(final_new, final_room // 2 - 2 * _LABEL_TOKENS)
         if map_new < min(final_new, self.options.min_new_tokens):
             raise BudgetExceeded(
-                self.tok.count(frame.render_reduce([])), final_new, self.budget,
+                self.tok.count(frame.render_reduce([])),
+                final_new,
+                self.budget,
                 reason="the instruction leaves no room to combine partial answers",
             )
         calls = self.chunk_calls(frame, part, map_new)
@@ -423,8 +432,13 @@ class _Run:
         if len(calls) == 1:  # the part fitted in one chunk after all
             result = self.received[-1]
             return self.outcome(
-                result.text, result.finish_reason, Strategy.MAP_REDUCE, max_new_tokens, map_new,
-                chunks=1, chunk_outputs=chunk_outputs,
+                result.text,
+                result.finish_reason,
+                Strategy.MAP_REDUCE,
+                max_new_tokens,
+                map_new,
+                chunks=1,
+                chunk_outputs=chunk_outputs,
             )
         partials, truncated = list(chunk_outputs), False
         while True:
@@ -432,8 +446,14 @@ class _Run:
             if final is not None:
                 (result,) = self.generate([final])
                 return self.outcome(
-                    result.text, result.finish_reason, Strategy.MAP_REDUCE, max_new_tokens, final.max_new_tokens,
-                    chunks=len(calls), truncated=truncated, chunk_outputs=chunk_outputs,
+                    result.text,
+                    result.finish_reason,
+                    Strategy.MAP_REDUCE,
+                    max_new_tokens,
+                    final.max_new_tokens,
+                    chunks=len(calls),
+                    truncated=truncated,
+                    chunk_outputs=chunk_outputs,
                 )
             groups, clipped = self.pack_partials(frame, partials, map_new)
             if len(groups) >= len(partials):  # cannot happen by the sizing above; never loop
@@ -481,7 +501,9 @@ class _Run:
                 return call
             if len(group) == 1:
                 raise BudgetExceeded(
-                    self.tok.count(frame.render_reduce(group)), max_new_tokens, self.budget,
+                    self.tok.count(frame.render_reduce(group)),
+                    max_new_tokens,
+                    self.budget,
                     reason="a partial answer does not fit a combining call",
                 )
             text = group.pop()
@@ -507,7 +529,11 @@ class _Run:
             if call is not None:
                 (result,) = self.generate([call])
                 return self.outcome(
-                    result.text, result.finish_reason, Strategy.WINDOW, max_new_tokens, new_tokens,
+                    result.text,
+                    result.finish_reason,
+                    Strategy.WINDOW,
+                    max_new_tokens,
+                    new_tokens,
                     dropped_messages=len(turns) - len(kept),
                 )
         # Even system + last user turn is too long: cut that turn's content.
@@ -521,8 +547,13 @@ class _Run:
             call, _, _ = self.fit_piece(render, spans, 0, n, new_tokens, cut_from="head")
         (result,) = self.generate([call])
         return self.outcome(
-            result.text, result.finish_reason, Strategy.WINDOW, max_new_tokens, new_tokens,
-            truncated=True, dropped_messages=len(turns) - 1,
+            result.text,
+            result.finish_reason,
+            Strategy.WINDOW,
+            max_new_tokens,
+            new_tokens,
+            truncated=True,
+            dropped_messages=len(turns) - 1,
         )
 
 

@@ -1,14 +1,14 @@
 """Where things live in the stack's bucket: the one module that knows the key layout.
 
-    inputs/...                       files dropped by users (S3 notifications start jobs)
-    jobs/<job_id>/input.jsonl        inputs intake writes itself (inline records, a retry's records)
-    outputs/<job_id>/results.jsonl   one result line per input line, in input order (in the job's output format)
-    outputs/<job_id>/errors.jsonl    OpenAI output format only: the result lines that are errors, as OpenAI's error file
-    outputs/<job_id>/manifest.json   counts, tokens, timings
-    outputs/<job_id>/parts/<shard>.jsonl             one shard's results, written once its records are all done:
-                                                      readable while the job runs (`sagebatch results --partial`)
-    outputs/<job_id>/parts/<shard>.checkpoint.jsonl  the answers a running shard has so far (crash safety)
-    outputs/<job_id>/assembly.json                   where the finalizer's streamed assembly of results.jsonl is
+inputs/...                       files dropped by users (S3 notifications start jobs)
+jobs/<job_id>/input.jsonl        inputs intake writes itself (inline records, a retry's records)
+outputs/<job_id>/results.jsonl   one result line per input line, in input order (in the job's output format)
+outputs/<job_id>/errors.jsonl    OpenAI output format only: the result lines that are errors, as OpenAI's error file
+outputs/<job_id>/manifest.json   counts, tokens, timings
+outputs/<job_id>/parts/<shard>.jsonl             one shard's results, written once its records are all done:
+                                                  readable while the job runs (`sagebatch results --partial`)
+outputs/<job_id>/parts/<shard>.checkpoint.jsonl  the answers a running shard has so far (crash safety)
+outputs/<job_id>/assembly.json                   where the finalizer's streamed assembly of results.jsonl is
 """
 
 from __future__ import annotations

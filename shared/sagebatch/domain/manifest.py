@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sagebatch.domain.cost import DEFAULT_ENDPOINT_HOURLY_PRICE, JobCounts, job_cost
@@ -11,7 +11,7 @@ from sagebatch.domain.layout import errors_key, results_key, s3_uri
 
 
 def iso_time(timestamp: float | None, timespec: str = "auto") -> str | None:
-    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec=timespec) if timestamp else None
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec=timespec) if timestamp else None
 
 
 def build_manifest(
@@ -57,5 +57,10 @@ def build_manifest(
 
 def job_counts(job: Job) -> JobCounts:
     """What the plumbing estimate reads from a job (domain.cost)."""
-    return JobCounts(records=job.total_records or 0, shards=job.total_shards or 0, endpoint_calls=job.endpoint_calls,
-                     output_tokens=job.output_tokens, worker_seconds=job.worker_seconds)
+    return JobCounts(
+        records=job.total_records or 0,
+        shards=job.total_shards or 0,
+        endpoint_calls=job.endpoint_calls,
+        output_tokens=job.output_tokens,
+        worker_seconds=job.worker_seconds,
+    )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
@@ -39,7 +39,7 @@ class JobSpec(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _one_source(self) -> "JobSpec":
+    def _one_source(self) -> JobSpec:
         if (self.input is None) == (self.records is None):
             raise ValueError("a job needs exactly one of 'input' (an s3:// URI) or 'records' (a list)")
         return self
@@ -70,7 +70,7 @@ class RetryRequest(BaseModel):
     deadline_s: DeadlineSeconds | None = None
 
 
-ControlRequest = Annotated[Union[CancelRequest, RetryRequest], Field(discriminator="action")]
+ControlRequest = Annotated[CancelRequest | RetryRequest, Field(discriminator="action")]
 CONTROL_ADAPTER: TypeAdapter[CancelRequest | RetryRequest] = TypeAdapter(ControlRequest)
 
 

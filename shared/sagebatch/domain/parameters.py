@@ -23,8 +23,19 @@ I32_MIN, I32_MAX = -(2**31), 2**31 - 1
 # Generation parameters TGI 1.1 understands (protocol.md 3.1). Unknown names are refused
 # here rather than silently ignored by TGI, so a typo like `max_tokens` fails the record.
 TGI_PARAMETERS = {
-    "max_new_tokens", "temperature", "top_p", "typical_p", "top_k", "repetition_penalty",
-    "do_sample", "best_of", "stop", "truncate", "seed", "watermark", "top_n_tokens",
+    "max_new_tokens",
+    "temperature",
+    "top_p",
+    "typical_p",
+    "top_k",
+    "repetition_penalty",
+    "do_sample",
+    "best_of",
+    "stop",
+    "truncate",
+    "seed",
+    "watermark",
+    "top_n_tokens",
     "decoder_input_details",
 }
 
@@ -52,7 +63,7 @@ class Parameters(BaseModel):
     top_n_tokens: int | None = Field(None, ge=0, le=U32_MAX)
     decoder_input_details: bool | None = None
 
-    def over(self, defaults: "Parameters") -> "Parameters":
+    def over(self, defaults: Parameters) -> Parameters:
         """These parameters with unset ones taken from `defaults`."""
         merged = defaults.model_dump(exclude_none=True)
         merged.update(self.model_dump(exclude_none=True))
@@ -60,9 +71,20 @@ class Parameters(BaseModel):
 
 
 _TYPE_NAMES = {
-    "max_new_tokens": "u32", "top_k": "i32", "best_of": "u32", "truncate": "u32", "seed": "u64", "top_n_tokens": "u32",
-    "temperature": "f32", "top_p": "f32", "typical_p": "f32", "repetition_penalty": "f32",
-    "do_sample": "a boolean", "watermark": "a boolean", "decoder_input_details": "a boolean", "stop": "a list of strings",
+    "max_new_tokens": "u32",
+    "top_k": "i32",
+    "best_of": "u32",
+    "truncate": "u32",
+    "seed": "u64",
+    "top_n_tokens": "u32",
+    "temperature": "f32",
+    "top_p": "f32",
+    "typical_p": "f32",
+    "repetition_penalty": "f32",
+    "do_sample": "a boolean",
+    "watermark": "a boolean",
+    "decoder_input_details": "a boolean",
+    "stop": "a list of strings",
 }
 
 
@@ -81,7 +103,7 @@ def describe_parameter_errors(error: ValidationError, prefix: tuple[str | int, .
     expected u32") so a user sees what TGI would have said, without paying for the call."""
     parts = []
     for item in error.errors()[:5]:
-        loc = item["loc"][len(prefix):]
+        loc = item["loc"][len(prefix) :]
         name = str(loc[0]) if loc else "parameters"
         value = item.get("input")
         if item["type"] == "extra_forbidden":

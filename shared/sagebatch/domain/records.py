@@ -13,7 +13,7 @@ a record too long for the context, over the job's). These models are also what `
 from __future__ import annotations
 
 from enum import Enum
-from typing import Any, ClassVar, Literal, Union
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
 from pydantic_core import PydanticCustomError
@@ -113,7 +113,7 @@ class DocumentRecord(_RecordBase):
         return _not_blank(value, info.field_name)
 
 
-InputRecord = Union[PromptRecord, ChatRecord, RawRecord, DocumentRecord]
+InputRecord = PromptRecord | ChatRecord | RawRecord | DocumentRecord
 _SHAPES: list[tuple[str, type[_RecordBase]]] = [
     ("prompt", PromptRecord),
     ("messages", ChatRecord),

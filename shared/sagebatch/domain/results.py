@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field, TypeAdapter
 
 from sagebatch.domain.formats import dumps_line
 
+
 class Usage(BaseModel):
     """Tokens of the answers a result is built from. The `reused_*` part came from answers a previous delivery of
     this job already paid for (chunk answers kept across deliveries): they are counted once, here, not sent again."""
@@ -77,12 +78,24 @@ def printable(text: str) -> str:
 
 
 def failed(
-    line: int, record_id: Any, kind: str, message: str, usage: Usage | None = None, calls: int = 0,
-    endpoint_seconds: float = 0.0, worker_seconds: float = 0.0,
+    line: int,
+    record_id: Any,
+    kind: str,
+    message: str,
+    usage: Usage | None = None,
+    calls: int = 0,
+    endpoint_seconds: float = 0.0,
+    worker_seconds: float = 0.0,
 ) -> ResultLine:
     return ResultLine(
-        id=record_id, line=line, status="failed", error=RecordError(type=kind, message=printable(message)),
-        usage=usage or Usage(), calls=calls, endpoint_seconds=endpoint_seconds, worker_seconds=worker_seconds,
+        id=record_id,
+        line=line,
+        status="failed",
+        error=RecordError(type=kind, message=printable(message)),
+        usage=usage or Usage(),
+        calls=calls,
+        endpoint_seconds=endpoint_seconds,
+        worker_seconds=worker_seconds,
     )
 
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from sagebatch.domain.generation import EndpointError, ErrorKind, Generation
-from sagebatch.endpoint.sagemaker import SageMakerEndpoint
 from sagebatch.endpoint.limiter import (
     AdaptiveLimiter,
     Clock,
@@ -24,6 +24,7 @@ from sagebatch.endpoint.limiter import (
     Signal,
 )
 from sagebatch.endpoint.retry import RetryBudget, RetryPolicy
+from sagebatch.endpoint.sagemaker import SageMakerEndpoint
 from sagebatch.endpoint.share_clock import ShareClock, Shares
 
 
@@ -85,8 +86,9 @@ class AdaptiveCaller:
         self._lock = threading.Lock()
         # Each attempt's share of the endpoint's time: this environment's slice of the endpoint (its limiter's cap over
         # the endpoint's `endpoint_slots`; 1 when not given) split among its attempts in flight (README "Cost").
-        self.shares = ShareClock(self.clock, lambda: self.limiter.store.settings.max_inflight / endpoint_slots
-                                 if endpoint_slots else 1.0)
+        self.shares = ShareClock(
+            self.clock, lambda: self.limiter.store.settings.max_inflight / endpoint_slots if endpoint_slots else 1.0
+        )
 
     def invoke(self, payload: dict[str, Any], cost_tokens: int) -> Generation:
         self._count("calls")
@@ -131,8 +133,13 @@ class AdaptiveCaller:
             self._count("successes")
             if signal is Signal.SOFT:
                 self._count("soft_signals")
-            return replace(generation, latency_ms=latency_ms, attempts=attempts,
-                           endpoint_seconds=spent.endpoint_seconds, worker_seconds=spent.worker_seconds)
+            return replace(
+                generation,
+                latency_ms=latency_ms,
+                attempts=attempts,
+                endpoint_seconds=spent.endpoint_seconds,
+                worker_seconds=spent.worker_seconds,
+            )
 
     @property
     def stats(self) -> CallerStats:
@@ -175,5 +182,11 @@ def make_default_caller(
         store = InMemoryLimiterStore(settings)
     limiter = AdaptiveLimiter(store, clock=clock)
     policy = RetryPolicy(max_attempts=max_attempts, budget=RetryBudget())
-    return AdaptiveCaller(SageMakerEndpoint(client, endpoint_name), limiter, policy, clock=clock, sleep=sleep,
-                          endpoint_slots=endpoint_max_concurrency)
+    return AdaptiveCaller(
+        SageMakerEndpoint(client, endpoint_name),
+        limiter,
+        policy,
+        clock=clock,
+        sleep=sleep,
+        endpoint_slots=endpoint_max_concurrency,
+    )

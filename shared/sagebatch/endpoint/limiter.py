@@ -26,9 +26,10 @@ import math
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import Enum
-from typing import Callable, Protocol
+from typing import Protocol
 
 from sagebatch.domain.generation import EndpointError, ErrorKind
 
@@ -97,7 +98,7 @@ class LimiterSettings:
     @classmethod
     def for_endpoint(
         cls, endpoint_max_concurrency: int = 128, margin: int = 8, sharers: int = 1, **overrides: float | int | None
-    ) -> "LimiterSettings":
+    ) -> LimiterSettings:
         """Settings for one of `sharers` independent limiters splitting the endpoint's admission cap evenly."""
         sharers = max(1, sharers)
         cap = max(1, (endpoint_max_concurrency - margin) // sharers)
@@ -331,7 +332,7 @@ class InMemoryLimiterStore:
 class Permit:
     """One admitted request. Release exactly once (later calls are ignored); usable as a context manager."""
 
-    def __init__(self, limiter: "AdaptiveLimiter", cost_tokens: int, weight: float, long_prompt: bool, admitted_at: float):
+    def __init__(self, limiter: AdaptiveLimiter, cost_tokens: int, weight: float, long_prompt: bool, admitted_at: float):
         self._limiter = limiter
         self.cost_tokens = cost_tokens
         self.weight = weight
@@ -361,7 +362,7 @@ class Permit:
     def failure(self, error: BaseException) -> Signal:
         return self.release(signal_for_error(error))
 
-    def __enter__(self) -> "Permit":
+    def __enter__(self) -> Permit:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -377,7 +378,9 @@ class AdaptiveLimiter:
     Several limiters built on the same store share one limit (and one in-flight count).
     """
 
-    def __init__(self, store: LimiterStore | None = None, *, settings: LimiterSettings | None = None, clock: Clock = time.monotonic):
+    def __init__(
+        self, store: LimiterStore | None = None, *, settings: LimiterSettings | None = None, clock: Clock = time.monotonic
+    ):
         if store is None:
             store = InMemoryLimiterStore(settings or LimiterSettings())
         elif settings is not None and settings != store.settings:

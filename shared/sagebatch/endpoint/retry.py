@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import random
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from sagebatch.domain.generation import EndpointError, ErrorKind
 
@@ -84,7 +84,7 @@ class RetryPolicy:
         ceiling = min(self.cap_s, self.base_s * (2 ** max(0, retry_number - 1)))
         return self._rng() * ceiling
 
-    def begin(self) -> "RetryTracker":
+    def begin(self) -> RetryTracker:
         """Start one logical call (deposits its share into the budget)."""
         self.budget.deposit()
         return RetryTracker(self)

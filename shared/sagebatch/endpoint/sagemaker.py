@@ -11,7 +11,8 @@ import json
 from typing import Any
 
 from botocore.config import Config
-from botocore.exceptions import ClientError, ConnectionError as BotoConnectionError, ReadTimeoutError
+from botocore.exceptions import ClientError, ReadTimeoutError
+from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from sagebatch.domain.generation import EndpointError, ErrorKind, Generation
 

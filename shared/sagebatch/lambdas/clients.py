@@ -5,7 +5,7 @@ Lazy creation matters for tests: moto must start before any client exists.
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any
 
 import boto3
@@ -18,7 +18,7 @@ from sagebatch.settings import get_settings
 _AWS_CONFIG = Config(retries={"mode": "standard", "total_max_attempts": 5}, max_pool_connections=64)
 
 
-@lru_cache(maxsize=None)
+@cache
 def client(service: str) -> Any:
     return boto3.client(service, config=_AWS_CONFIG)
 

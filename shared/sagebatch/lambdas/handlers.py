@@ -26,7 +26,7 @@ CALL_TIME_RESERVE_MS = 75_000
 
 def _process(event: dict[str, Any], context: Any, record_handler: Any) -> dict[str, Any]:
     processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
-    return process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context)
+    return dict(process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context))
 
 
 def intake(event: dict[str, Any], context: Any) -> dict[str, Any]:

@@ -71,12 +71,14 @@ def endpoint_caller() -> MeteredCaller:
     """The execution environment's one caller (limiter + retries), shared by the worker's threads; the worker's
     handler reads its counters and limit after each invocation (sagebatch.lambdas.telemetry)."""
     settings = get_settings()
-    return MeteredCaller(make_default_caller(
-        runtime_client(),
-        settings.endpoint_name,
-        endpoint_max_concurrency=settings.endpoint_max_concurrency,
-        worker_max_concurrency=settings.worker_max_concurrency,
-    ))
+    return MeteredCaller(
+        make_default_caller(
+            runtime_client(),
+            settings.endpoint_name,
+            endpoint_max_concurrency=settings.endpoint_max_concurrency,
+            worker_max_concurrency=settings.worker_max_concurrency,
+        )
+    )
 
 
 @lru_cache(maxsize=1)

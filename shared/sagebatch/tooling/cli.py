@@ -21,7 +21,8 @@ from typing import Annotated, Any, NoReturn
 import typer
 
 from sagebatch.domain.job import JobStatus
-from sagebatch.tooling.cli_args import UsageProblem, output_directory, parse_rate, positive_seconds, queue_url as checked_queue_url
+from sagebatch.tooling.cli_args import UsageProblem, output_directory, parse_rate, positive_seconds
+from sagebatch.tooling.cli_args import queue_url as checked_queue_url
 from sagebatch.tooling.cli_endpoint import delete_command, deploy_command, endpoint_app
 from sagebatch.tooling.cli_local import EmulatorOptions, RunOptions, emulator_command, run_command
 from sagebatch.tooling.emulator.proxy import DEFAULT_TIMEOUT_S, KINDS
@@ -33,7 +34,7 @@ a local run that could not finish · 2 usage error (bad option, unknown stack, m
 app = typer.Typer(
     name="sagebatch",
     help="Serverless batch inference on a SageMaker endpoint: drive a deployed stack by its name, or run a file "
-         "through the whole pipeline on this machine.",
+    "through the whole pipeline on this machine.",
     epilog=EXIT_CODES,
     no_args_is_help=True,
     add_completion=False,
@@ -68,47 +69,132 @@ def _rate(value: float) -> float:
 
 
 # -- options shared by several commands -------------------------------------------------------------
-Stack = Annotated[str | None, typer.Option(
-    "--stack", metavar="NAME", rich_help_panel=_STACK_PANEL, show_default=False,
-    help="the deployed stack (default: $SAGEBATCH_STACK, then stack_name in ./samconfig.toml)")]
-Region = Annotated[str | None, typer.Option(
-    "--region", rich_help_panel=_STACK_PANEL, show_default=False,
-    help="AWS region (default: samconfig.toml's when the stack name came from it, else the environment's; with "
-         "--queue-url, the URL's)")]
-TableOverride = Annotated[str | None, typer.Option(
-    "--table", rich_help_panel=_STACK_PANEL, show_default=False, help="the table itself (TableName output) instead of --stack")]
-QueueOverride = Annotated[str | None, typer.Option(
-    "--queue-url", rich_help_panel=_STACK_PANEL, show_default=False,
-    help="the intake queue itself (IntakeQueueUrl output) instead of --stack")]
+Stack = Annotated[
+    str | None,
+    typer.Option(
+        "--stack",
+        metavar="NAME",
+        rich_help_panel=_STACK_PANEL,
+        show_default=False,
+        help="the deployed stack (default: $SAGEBATCH_STACK, then stack_name in ./samconfig.toml)",
+    ),
+]
+Region = Annotated[
+    str | None,
+    typer.Option(
+        "--region",
+        rich_help_panel=_STACK_PANEL,
+        show_default=False,
+        help="AWS region (default: samconfig.toml's when the stack name came from it, else the environment's; with "
+        "--queue-url, the URL's)",
+    ),
+]
+TableOverride = Annotated[
+    str | None,
+    typer.Option(
+        "--table", rich_help_panel=_STACK_PANEL, show_default=False, help="the table itself (TableName output) instead of --stack"
+    ),
+]
+QueueOverride = Annotated[
+    str | None,
+    typer.Option(
+        "--queue-url",
+        rich_help_panel=_STACK_PANEL,
+        show_default=False,
+        help="the intake queue itself (IntakeQueueUrl output) instead of --stack",
+    ),
+]
 Json = Annotated[bool, typer.Option("--json", help="print JSON (for scripts) instead of a table")]
 JobId = Annotated[str, typer.Argument(metavar="JOB", help="the job id", show_default=False)]
 Interval = Annotated[float, typer.Option("--interval", min=0.01, metavar="S", help="seconds between two reads of the job")]
-Timeout = Annotated[float | None, typer.Option(
-    "--timeout", min=0.0, metavar="S", show_default=False,
-    help="stop watching after S seconds (exit 6; the job goes on)")]
+Timeout = Annotated[
+    float | None,
+    typer.Option(
+        "--timeout", min=0.0, metavar="S", show_default=False, help="stop watching after S seconds (exit 6; the job goes on)"
+    ),
+]
 
-Perf = Annotated[bool, typer.Option("--perf", rich_help_panel=_EMULATOR_PANEL, help="use the calibrated g5.2xlarge performance model")]
-TimeScale = Annotated[float, typer.Option("--time-scale", rich_help_panel=_EMULATOR_PANEL,
-                                          help="run the performance model this many times faster")]
-Fault5xx = Annotated[float, typer.Option("--fault-5xx", metavar="RATE", callback=_rate, rich_help_panel=_EMULATOR_PANEL,
-                                         help="share of requests answered with a container 500 (ModelError, OriginalStatusCode 500)")]
-FaultThrottling = Annotated[float, typer.Option("--fault-throttling", metavar="RATE", callback=_rate, rich_help_panel=_EMULATOR_PANEL,
-                                                help="share answered with ThrottlingException")]
-FaultNotReady = Annotated[float, typer.Option("--fault-not-ready", metavar="RATE", callback=_rate, rich_help_panel=_EMULATOR_PANEL,
-                                              help="share answered with ModelNotReadyException")]
-FaultSlow = Annotated[float, typer.Option("--fault-slow", metavar="RATE", callback=_rate, rich_help_panel=_EMULATOR_PANEL,
-                                          help="share delayed by --slow-seconds")]
-SlowSeconds = Annotated[float, typer.Option("--slow-seconds", metavar="S", rich_help_panel=_EMULATOR_PANEL,
-                                            help="delay of a slow request")]
-FaultSeed = Annotated[int, typer.Option("--fault-seed", metavar="N", rich_help_panel=_EMULATOR_PANEL, help="seed of the fault draws")]
-ProxyUrl = Annotated[str | None, typer.Option("--proxy", metavar="URL", rich_help_panel=_EMULATOR_PANEL, show_default=False,
-                                              help="forward requests to a real model server at URL (e.g. http://127.0.0.1:3000)")]
-ProxyKindOption = Annotated[ProxyKind, typer.Option("--proxy-kind", rich_help_panel=_EMULATOR_PANEL,
-                                                    help="tgi: POST URL/generate; openai: POST URL/v1/completions")]
-ProxyModel = Annotated[str | None, typer.Option("--proxy-model", metavar="NAME", rich_help_panel=_EMULATOR_PANEL, show_default=False,
-                                                help="model name for an openai upstream (default: first of GET URL/v1/models)")]
-ProxyTimeout = Annotated[float, typer.Option("--proxy-timeout", metavar="S", rich_help_panel=_EMULATOR_PANEL,
-                                             help="give up on the upstream after S seconds, like SageMaker's limit")]
+Perf = Annotated[
+    bool, typer.Option("--perf", rich_help_panel=_EMULATOR_PANEL, help="use the calibrated g5.2xlarge performance model")
+]
+TimeScale = Annotated[
+    float, typer.Option("--time-scale", rich_help_panel=_EMULATOR_PANEL, help="run the performance model this many times faster")
+]
+Fault5xx = Annotated[
+    float,
+    typer.Option(
+        "--fault-5xx",
+        metavar="RATE",
+        callback=_rate,
+        rich_help_panel=_EMULATOR_PANEL,
+        help="share of requests answered with a container 500 (ModelError, OriginalStatusCode 500)",
+    ),
+]
+FaultThrottling = Annotated[
+    float,
+    typer.Option(
+        "--fault-throttling",
+        metavar="RATE",
+        callback=_rate,
+        rich_help_panel=_EMULATOR_PANEL,
+        help="share answered with ThrottlingException",
+    ),
+]
+FaultNotReady = Annotated[
+    float,
+    typer.Option(
+        "--fault-not-ready",
+        metavar="RATE",
+        callback=_rate,
+        rich_help_panel=_EMULATOR_PANEL,
+        help="share answered with ModelNotReadyException",
+    ),
+]
+FaultSlow = Annotated[
+    float,
+    typer.Option(
+        "--fault-slow", metavar="RATE", callback=_rate, rich_help_panel=_EMULATOR_PANEL, help="share delayed by --slow-seconds"
+    ),
+]
+SlowSeconds = Annotated[
+    float, typer.Option("--slow-seconds", metavar="S", rich_help_panel=_EMULATOR_PANEL, help="delay of a slow request")
+]
+FaultSeed = Annotated[
+    int, typer.Option("--fault-seed", metavar="N", rich_help_panel=_EMULATOR_PANEL, help="seed of the fault draws")
+]
+ProxyUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--proxy",
+        metavar="URL",
+        rich_help_panel=_EMULATOR_PANEL,
+        show_default=False,
+        help="forward requests to a real model server at URL (e.g. http://127.0.0.1:3000)",
+    ),
+]
+ProxyKindOption = Annotated[
+    ProxyKind,
+    typer.Option("--proxy-kind", rich_help_panel=_EMULATOR_PANEL, help="tgi: POST URL/generate; openai: POST URL/v1/completions"),
+]
+ProxyModel = Annotated[
+    str | None,
+    typer.Option(
+        "--proxy-model",
+        metavar="NAME",
+        rich_help_panel=_EMULATOR_PANEL,
+        show_default=False,
+        help="model name for an openai upstream (default: first of GET URL/v1/models)",
+    ),
+]
+ProxyTimeout = Annotated[
+    float,
+    typer.Option(
+        "--proxy-timeout",
+        metavar="S",
+        rich_help_panel=_EMULATOR_PANEL,
+        help="give up on the upstream after S seconds, like SageMaker's limit",
+    ),
+]
 
 
 def _target(stack: str | None, region: str | None) -> Any:
@@ -118,21 +204,45 @@ def _target(stack: str | None, region: str | None) -> Any:
 
 
 # -- local: run, emulator ---------------------------------------------------------------------------
-@app.command(help="Run a JSONL file through the whole pipeline locally (moto + emulator). Exit 0 when the job "
-                  "finished (COMPLETED, or FAILED as a job), whatever its records' outcomes; 1 when it could not finish.")
+@app.command(
+    help="Run a JSONL file through the whole pipeline locally (moto + emulator). Exit 0 when the job "
+    "finished (COMPLETED, or FAILED as a job), whatever its records' outcomes; 1 when it could not finish."
+)
 def run(
-    file: Annotated[Path, typer.Argument(metavar="FILE", help="JSONL file, one record per line", exists=True, dir_okay=False,
-                                         show_default=False)],
+    file: Annotated[
+        Path,
+        typer.Argument(metavar="FILE", help="JSONL file, one record per line", exists=True, dir_okay=False, show_default=False),
+    ],
     out: Annotated[Path, typer.Option("--out", help="directory for results.jsonl and manifest.json")] = Path("out"),
     timeout: Annotated[float, typer.Option("--timeout", help="give up after this many seconds")] = 3600,
     verbose: Annotated[bool, typer.Option("--verbose", help="show the functions' log lines (ids, sizes, timings)")] = False,
-    perf: Perf = False, time_scale: TimeScale = 1.0, fault_5xx: Fault5xx = 0.0, fault_throttling: FaultThrottling = 0.0,
-    fault_not_ready: FaultNotReady = 0.0, fault_slow: FaultSlow = 0.0, slow_seconds: SlowSeconds = 2.0, fault_seed: FaultSeed = 0,
-    proxy: ProxyUrl = None, proxy_kind: ProxyKindOption = ProxyKind.tgi, proxy_model: ProxyModel = None,
+    perf: Perf = False,
+    time_scale: TimeScale = 1.0,
+    fault_5xx: Fault5xx = 0.0,
+    fault_throttling: FaultThrottling = 0.0,
+    fault_not_ready: FaultNotReady = 0.0,
+    fault_slow: FaultSlow = 0.0,
+    slow_seconds: SlowSeconds = 2.0,
+    fault_seed: FaultSeed = 0,
+    proxy: ProxyUrl = None,
+    proxy_kind: ProxyKindOption = ProxyKind.tgi,
+    proxy_model: ProxyModel = None,
     proxy_timeout: ProxyTimeout = DEFAULT_TIMEOUT_S,
 ) -> int:
-    emulator = EmulatorOptions(perf, time_scale, fault_5xx, fault_throttling, fault_not_ready, fault_slow, slow_seconds,
-                               fault_seed, proxy, str(proxy_kind), proxy_model, proxy_timeout).config()
+    emulator = EmulatorOptions(
+        perf,
+        time_scale,
+        fault_5xx,
+        fault_throttling,
+        fault_not_ready,
+        fault_slow,
+        slow_seconds,
+        fault_seed,
+        proxy,
+        str(proxy_kind),
+        proxy_model,
+        proxy_timeout,
+    ).config()
     positive_seconds(timeout)
     return run_command(RunOptions(file, output_directory(out), timeout, verbose, emulator))
 
@@ -141,34 +251,77 @@ def run(
 def emulator(
     port: Annotated[int, typer.Option("--port")] = 8080,
     endpoint_name: Annotated[str, typer.Option("--endpoint-name")] = "mistral-7b-instruct",
-    perf: Perf = False, time_scale: TimeScale = 1.0, fault_5xx: Fault5xx = 0.0, fault_throttling: FaultThrottling = 0.0,
-    fault_not_ready: FaultNotReady = 0.0, fault_slow: FaultSlow = 0.0, slow_seconds: SlowSeconds = 2.0, fault_seed: FaultSeed = 0,
-    proxy: ProxyUrl = None, proxy_kind: ProxyKindOption = ProxyKind.tgi, proxy_model: ProxyModel = None,
+    perf: Perf = False,
+    time_scale: TimeScale = 1.0,
+    fault_5xx: Fault5xx = 0.0,
+    fault_throttling: FaultThrottling = 0.0,
+    fault_not_ready: FaultNotReady = 0.0,
+    fault_slow: FaultSlow = 0.0,
+    slow_seconds: SlowSeconds = 2.0,
+    fault_seed: FaultSeed = 0,
+    proxy: ProxyUrl = None,
+    proxy_kind: ProxyKindOption = ProxyKind.tgi,
+    proxy_model: ProxyModel = None,
     proxy_timeout: ProxyTimeout = DEFAULT_TIMEOUT_S,
 ) -> int:
-    config = EmulatorOptions(perf, time_scale, fault_5xx, fault_throttling, fault_not_ready, fault_slow, slow_seconds,
-                             fault_seed, proxy, str(proxy_kind), proxy_model, proxy_timeout).config()
+    config = EmulatorOptions(
+        perf,
+        time_scale,
+        fault_5xx,
+        fault_throttling,
+        fault_not_ready,
+        fault_slow,
+        slow_seconds,
+        fault_seed,
+        proxy,
+        str(proxy_kind),
+        proxy_model,
+        proxy_timeout,
+    ).config()
     return emulator_command(port, endpoint_name, config)
 
 
 # -- a deployed stack: submit, status, watch, results, list ---------------------------------------------
-@app.command(help="Submit a job: upload a local JSONL file (to uploads/ in the stack's bucket) or name an s3:// object, "
-                  "and send the job message; prints the job id (alone on stdout). With --wait, follows it like `watch`, "
-                  "the summary on stderr (exit 0 COMPLETED, 3 FAILED, 4 CANCELLED, 5 EXPIRED, 6 --timeout).")
+@app.command(
+    help="Submit a job: upload a local JSONL file (to uploads/ in the stack's bucket) or name an s3:// object, "
+    "and send the job message; prints the job id (alone on stdout). With --wait, follows it like `watch`, "
+    "the summary on stderr (exit 0 COMPLETED, 3 FAILED, 4 CANCELLED, 5 EXPIRED, 6 --timeout)."
+)
 def submit(
-    source: Annotated[str, typer.Argument(metavar="FILE|s3://BUCKET/KEY", help="a local JSONL file, or an S3 object",
-                                          show_default=False)],
-    job_id: Annotated[str | None, typer.Option("--job-id", show_default=False,
-                                               help="the job's id (default: derived from the client token or the message)")] = None,
-    client_token: Annotated[str | None, typer.Option("--client-token", show_default=False,
-                                                     help="submitting again with the same token makes no second job")] = None,
-    param: Annotated[list[str] | None, typer.Option("--param", metavar="KEY=VALUE", show_default=False,
-                                                    help="a TGI generation parameter for every record (repeatable; "
-                                                         "JSON values, e.g. max_new_tokens=256, stop='[\"###\"]')")] = None,
-    fit: Annotated[str | None, typer.Option("--fit", metavar="KEY=VALUE,...", show_default=False,
-                                            help="fit settings for long records, e.g. strategy=map_reduce,keep=tail")] = None,
-    deadline: Annotated[int | None, typer.Option("--deadline", metavar="S", show_default=False,
-                                                 help="the job's deadline in seconds (default: the stack's)")] = None,
+    source: Annotated[
+        str, typer.Argument(metavar="FILE|s3://BUCKET/KEY", help="a local JSONL file, or an S3 object", show_default=False)
+    ],
+    job_id: Annotated[
+        str | None,
+        typer.Option("--job-id", show_default=False, help="the job's id (default: derived from the client token or the message)"),
+    ] = None,
+    client_token: Annotated[
+        str | None,
+        typer.Option("--client-token", show_default=False, help="submitting again with the same token makes no second job"),
+    ] = None,
+    param: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--param",
+            metavar="KEY=VALUE",
+            show_default=False,
+            help="a TGI generation parameter for every record (repeatable; "
+            "JSON values, e.g. max_new_tokens=256, stop='[\"###\"]')",
+        ),
+    ] = None,
+    fit: Annotated[
+        str | None,
+        typer.Option(
+            "--fit",
+            metavar="KEY=VALUE,...",
+            show_default=False,
+            help="fit settings for long records, e.g. strategy=map_reduce,keep=tail",
+        ),
+    ] = None,
+    deadline: Annotated[
+        int | None,
+        typer.Option("--deadline", metavar="S", show_default=False, help="the job's deadline in seconds (default: the stack's)"),
+    ] = None,
     wait: Annotated[bool, typer.Option("--wait", help="follow the job until it finishes, like `sagebatch watch`")] = False,
     interval: Interval = 2.0,
     timeout: Timeout = None,
@@ -189,21 +342,34 @@ def status(job: JobId, as_json: Json = False, stack: Stack = None, region: Regio
     return status_command(_target(stack, region), job, as_json, table)
 
 
-@app.command(help="Follow a job live (done / failed / total, tokens/s, ETA, endpoint calls) until it finishes, then print "
-                  "its summary. Exit 0 COMPLETED, 3 FAILED, 4 CANCELLED, 5 EXPIRED, 6 --timeout, 1 no such job.")
-def watch(job: JobId, interval: Interval = 2.0, timeout: Timeout = None, as_json: Json = False, stack: Stack = None,
-          region: Region = None, table: TableOverride = None) -> int:
+@app.command(
+    help="Follow a job live (done / failed / total, tokens/s, ETA, endpoint calls) until it finishes, then print "
+    "its summary. Exit 0 COMPLETED, 3 FAILED, 4 CANCELLED, 5 EXPIRED, 6 --timeout, 1 no such job."
+)
+def watch(
+    job: JobId,
+    interval: Interval = 2.0,
+    timeout: Timeout = None,
+    as_json: Json = False,
+    stack: Stack = None,
+    region: Region = None,
+    table: TableOverride = None,
+) -> int:
     from sagebatch.tooling.cli_jobs import WatchOptions, watch_command
 
     return watch_command(_target(stack, region), job, WatchOptions(interval, timeout, as_json), table)
 
 
-@app.command(help="Stream a finished job's results.jsonl to stdout or a file. Exit 1 while the job runs (results exist "
-                  "once it has finished), 3 if it FAILED (no results).")
+@app.command(
+    help="Stream a finished job's results.jsonl to stdout or a file. Exit 1 while the job runs (results exist "
+    "once it has finished), 3 if it FAILED (no results)."
+)
 def results(
     job: JobId,
-    out: Annotated[str | None, typer.Option("--out", "-o", metavar="FILE|-", show_default=False,
-                                            help="write to FILE (default, or -: stdout)")] = None,
+    out: Annotated[
+        str | None,
+        typer.Option("--out", "-o", metavar="FILE|-", show_default=False, help="write to FILE (default, or -: stdout)"),
+    ] = None,
     failed_only: Annotated[bool, typer.Option("--failed-only", help="only the lines whose status is not succeeded")] = False,
     partial: Annotated[bool, typer.Option("--partial", help="results of a running job (not available yet)")] = False,
     stack: Stack = None,
@@ -216,10 +382,18 @@ def results(
 
 @app.command("list", help="List recent jobs, newest first.")
 def list_jobs(
-    status: Annotated[JobStatus | None, typer.Option("--status", case_sensitive=False, show_default=False,
-                                                     help="only jobs in this status")] = None,
-    since: Annotated[str | None, typer.Option("--since", metavar="WHEN", show_default=False,
-                                              help="only jobs created since: 30m, 24h, 7d, or a date (2026-12-01, UTC)")] = None,
+    status: Annotated[
+        JobStatus | None, typer.Option("--status", case_sensitive=False, show_default=False, help="only jobs in this status")
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            "--since",
+            metavar="WHEN",
+            show_default=False,
+            help="only jobs created since: 30m, 24h, 7d, or a date (2026-12-01, UTC)",
+        ),
+    ] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, metavar="N", help="at most N jobs")] = 20,
     as_json: Json = False,
     stack: Stack = None,
@@ -242,10 +416,18 @@ def cancel(job: JobId, stack: Stack = None, region: Region = None, queue_url: Qu
 @app.command(help="Run the records of a finished job that did not succeed again, as a new job (prints its id).")
 def retry(
     job: JobId,
-    client_token: Annotated[str | None, typer.Option("--client-token", show_default=False,
-                                                     help="one child job per (JOB, token); without one, JOB has a single retry child")] = None,
-    deadline: Annotated[int | None, typer.Option("--deadline", metavar="S", show_default=False,
-                                                 help="the new job's deadline in seconds (default: the stack's)")] = None,
+    client_token: Annotated[
+        str | None,
+        typer.Option(
+            "--client-token", show_default=False, help="one child job per (JOB, token); without one, JOB has a single retry child"
+        ),
+    ] = None,
+    deadline: Annotated[
+        int | None,
+        typer.Option(
+            "--deadline", metavar="S", show_default=False, help="the new job's deadline in seconds (default: the stack's)"
+        ),
+    ] = None,
     stack: Stack = None,
     region: Region = None,
     queue_url: QueueOverride = None,
@@ -257,49 +439,85 @@ def retry(
 
 @app.command(help="Move a dead-letter queue's messages back to be processed again (StartMessageMoveTask).")
 def redrive(
-    which: Annotated[DeadLetterQueueName | None, typer.Argument(metavar="[intake|work|finalize]", show_default=False,
-                                                                help="the stack's dead-letter queue to redrive")] = None,
-    queue_url: Annotated[str | None, typer.Option("--queue-url", show_default=False,
-                                                  help="the dead-letter queue's URL instead of naming one of the stack's")] = None,
-    to: Annotated[str | None, typer.Option("--to", metavar="URL", show_default=False,
-                                           help="destination queue (default: where each message came from)")] = None,
-    copy: Annotated[bool, typer.Option("--copy", help="move the messages here (receive, send, delete) instead of with "
-                                                      "StartMessageMoveTask")] = False,
+    which: Annotated[
+        DeadLetterQueueName | None,
+        typer.Argument(metavar="[intake|work|finalize]", show_default=False, help="the stack's dead-letter queue to redrive"),
+    ] = None,
+    queue_url: Annotated[
+        str | None,
+        typer.Option("--queue-url", show_default=False, help="the dead-letter queue's URL instead of naming one of the stack's"),
+    ] = None,
+    to: Annotated[
+        str | None,
+        typer.Option("--to", metavar="URL", show_default=False, help="destination queue (default: where each message came from)"),
+    ] = None,
+    copy: Annotated[
+        bool, typer.Option("--copy", help="move the messages here (receive, send, delete) instead of with StartMessageMoveTask")
+    ] = False,
     stack: Stack = None,
     region: Region = None,
 ) -> int:
     from sagebatch.tooling.cli_jobs import redrive_command
 
-    return redrive_command(_target(stack, region), which.value if which else None, checked_queue_url(queue_url),
-                           checked_queue_url(to), copy)
+    return redrive_command(
+        _target(stack, region), which.value if which else None, checked_queue_url(queue_url), checked_queue_url(to), copy
+    )
 
 
 # -- before a job: estimate (tooling/cli_estimate.py) ----------------------------------------------------------
-@app.command(help="Predict a file's endpoint calls, tokens, duration and cost before anything runs: the worker's own "
-                  "tokenizing and fitting, the calibrated TGI performance model, the stack's prices (README \"Cost\").")
+@app.command(
+    help="Predict a file's endpoint calls, tokens, duration and cost before anything runs: the worker's own "
+    'tokenizing and fitting, the calibrated TGI performance model, the stack\'s prices (README "Cost").'
+)
 def estimate(
-    file: Annotated[Path, typer.Argument(metavar="FILE", help="JSONL file, one record per line", exists=True, dir_okay=False,
-                                         show_default=False)],
-    endpoint_instances: Annotated[int, typer.Option("--endpoint-instances", min=1, metavar="N",
-                                                    help="instances behind the endpoint (capacity and price x N)")] = 1,
-    param: Annotated[list[str] | None, typer.Option("--param", metavar="KEY=VALUE", show_default=False,
-                                                    help="a TGI generation parameter for every record, as for submit")] = None,
-    fit: Annotated[str | None, typer.Option("--fit", metavar="KEY=VALUE,...", show_default=False,
-                                            help="fit settings for long records, as for submit")] = None,
-    output_tokens: Annotated[str, typer.Option("--output-tokens", metavar="max|emulator|N",
-                                               help="expected answer length: max_new_tokens (an upper bound), the local "
-                                                    "emulator's, or N tokens a call")] = "max",
-    local: Annotated[bool, typer.Option("--local", help="predict `sagebatch run` on this machine (one worker "
-                                                         "environment) instead of the deployed stack")] = False,
-    instance_hourly_price: Annotated[float | None, typer.Option(
-        "--instance-hourly-price", metavar="USD", show_default=False,
-        help="one instance's price per hour (default: $SAGEBATCH_ENDPOINT_HOURLY_PRICE, else ml.g5.2xlarge's)")] = None,
+    file: Annotated[
+        Path,
+        typer.Argument(metavar="FILE", help="JSONL file, one record per line", exists=True, dir_okay=False, show_default=False),
+    ],
+    endpoint_instances: Annotated[
+        int,
+        typer.Option("--endpoint-instances", min=1, metavar="N", help="instances behind the endpoint (capacity and price x N)"),
+    ] = 1,
+    param: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--param", metavar="KEY=VALUE", show_default=False, help="a TGI generation parameter for every record, as for submit"
+        ),
+    ] = None,
+    fit: Annotated[
+        str | None,
+        typer.Option("--fit", metavar="KEY=VALUE,...", show_default=False, help="fit settings for long records, as for submit"),
+    ] = None,
+    output_tokens: Annotated[
+        str,
+        typer.Option(
+            "--output-tokens",
+            metavar="max|emulator|N",
+            help="expected answer length: max_new_tokens (an upper bound), the local emulator's, or N tokens a call",
+        ),
+    ] = "max",
+    local: Annotated[
+        bool,
+        typer.Option(
+            "--local", help="predict `sagebatch run` on this machine (one worker environment) instead of the deployed stack"
+        ),
+    ] = False,
+    instance_hourly_price: Annotated[
+        float | None,
+        typer.Option(
+            "--instance-hourly-price",
+            metavar="USD",
+            show_default=False,
+            help="one instance's price per hour (default: $SAGEBATCH_ENDPOINT_HOURLY_PRICE, else ml.g5.2xlarge's)",
+        ),
+    ] = None,
     as_json: Json = False,
 ) -> int:
     from sagebatch.tooling.cli_estimate import EstimateOptions, estimate_command
 
-    return estimate_command(EstimateOptions(file, endpoint_instances, tuple(param or ()), fit, output_tokens, local,
-                                            instance_hourly_price, as_json))
+    return estimate_command(
+        EstimateOptions(file, endpoint_instances, tuple(param or ()), fit, output_tokens, local, instance_hourly_price, as_json)
+    )
 
 
 # -- the endpoint (tooling/cli_endpoint.py) ----------------------------------------------------------------
@@ -339,8 +557,10 @@ def main(argv: list[str] | None = None) -> int:
     except UsageProblem as error:
         _usage_error(_command_name(args), str(error))
     except ValidationError as error:
-        _usage_error(_command_name(args), "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'message'}: {e['msg']}" for e in error.errors()))
+        _usage_error(
+            _command_name(args),
+            "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'message'}: {e['msg']}" for e in error.errors()),
+        )
     except _click_exception() as error:
         ctx = getattr(error, "ctx", None)
         if type(error).__name__ == "NoArgsIsHelpError":  # `sagebatch` alone: the help (rich prints it as it is built)

@@ -3,12 +3,12 @@ of `--param`, `--fit`, `--since` and the emulator's rates."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 import json
+import os
 import re
 from datetime import UTC, datetime
 from enum import IntEnum
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError

@@ -24,10 +24,10 @@ from botocore.exceptions import ClientError
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-from sagebatch.domain.formats import native_fields
 from sagebatch.adapters.dynamodb import Table
 from sagebatch.adapters.jobs import DynamoJobStore
 from sagebatch.adapters.queues import SqsDeadLetterQueues, SqsMessageSender, region_of_queue_url
+from sagebatch.domain.formats import native_fields
 from sagebatch.domain.job import Job, JobStatus
 from sagebatch.domain.layout import results_key, s3_uri
 from sagebatch.domain.messages import JOB_ID_PATTERN, CancelRequest, JobSpec, RetryRequest
@@ -40,11 +40,15 @@ from sagebatch.tooling.stack_outputs import DeadLetterQueue, StackNotUsable, Sta
 UPLOADS_PREFIX = "uploads/"
 # How long `watch` waits for a job that does not exist yet (intake creates it within seconds of the message).
 APPEAR_GRACE_S = 60.0
-PARTIAL_NOT_AVAILABLE = ("--partial is not available yet: results.jsonl exists only once the job has finished and "
-                         "the finalizer has written it, and partial results of a running job are not built yet")
+PARTIAL_NOT_AVAILABLE = (
+    "--partial is not available yet: results.jsonl exists only once the job has finished and "
+    "the finalizer has written it, and partial results of a running job are not built yet"
+)
 
 STATUS_EXIT = {
-    JobStatus.COMPLETED: ExitCode.OK, JobStatus.FAILED: ExitCode.FAILED, JobStatus.CANCELLED: ExitCode.CANCELLED,
+    JobStatus.COMPLETED: ExitCode.OK,
+    JobStatus.FAILED: ExitCode.FAILED,
+    JobStatus.CANCELLED: ExitCode.CANCELLED,
     JobStatus.EXPIRED: ExitCode.EXPIRED,
 }
 
@@ -144,8 +148,13 @@ def _upload(s3: Any, path: Path, bucket: str, key: str, console: Console) -> Non
     columns = (TextColumn("uploading {task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
     with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
         task = progress.add_task(path.name, total=path.stat().st_size)
-        s3.upload_file(str(path), bucket, key, ExtraArgs={"ContentType": "application/x-ndjson"},
-                       Callback=lambda sent: progress.advance(task, sent))
+        s3.upload_file(
+            str(path),
+            bucket,
+            key,
+            ExtraArgs={"ContentType": "application/x-ndjson"},
+            Callback=lambda sent: progress.advance(task, sent),
+        )
 
 
 def submit_command(target: StackTarget, options: SubmitOptions, wait: WatchOptions | None = None) -> int:
@@ -161,10 +170,16 @@ def submit_command(target: StackTarget, options: SubmitOptions, wait: WatchOptio
             raise UsageProblem(f"no file {options.source}: submit takes a local JSONL file or an s3://bucket/key URI")
         input_uri = "s3://bucket/to-be-uploaded"
     # Validated before anything is uploaded or sent: a bad job id or deadline is a usage error, not a FAILED job.
-    spec = JobSpec.model_validate({
-        "input": input_uri, "job_id": options.job_id, "client_token": options.client_token, "parameters": parameters,
-        "fit": fit, "deadline_s": options.deadline,
-    })
+    spec = JobSpec.model_validate(
+        {
+            "input": input_uri,
+            "job_id": options.job_id,
+            "client_token": options.client_token,
+            "parameters": parameters,
+            "fit": fit,
+            "deadline_s": options.deadline,
+        }
+    )
     outputs = target.outputs()
     stderr = Console(stderr=True)
     if local is not None:
@@ -274,8 +289,9 @@ def _missing_results(target: StackTarget, job_id: str) -> int:
         print(f"job {job_id} FAILED ({job.error}): a failed job has no results.jsonl", file=sys.stderr)
         return ExitCode.FAILED
     if not job.finished:
-        print(f"job {job_id} is {job.status}: results.jsonl is written when it finishes (sagebatch watch {job_id})",
-              file=sys.stderr)
+        print(
+            f"job {job_id} is {job.status}: results.jsonl is written when it finishes (sagebatch watch {job_id})", file=sys.stderr
+        )
         return ExitCode.ERROR
     print(f"job {job_id} is {job.status} but {results_key(job_id)} is not in the bucket", file=sys.stderr)
     return ExitCode.ERROR
@@ -296,8 +312,9 @@ def _to_stdout(lines: Iterator[bytes]) -> None:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps the interpreter's final flush from failing
 
 
-def results_command(target: StackTarget, job_id: str, out: str | None = None, failed_only: bool = False,
-                    partial: bool = False) -> int:
+def results_command(
+    target: StackTarget, job_id: str, out: str | None = None, failed_only: bool = False, partial: bool = False
+) -> int:
     """Stream outputs/JOB/results.jsonl to stdout (`--out -`, the default) or to a file."""
     if partial:
         raise UsageProblem(PARTIAL_NOT_AVAILABLE)
@@ -331,8 +348,14 @@ def results_command(target: StackTarget, job_id: str, out: str | None = None, fa
 
 
 # -- list -----------------------------------------------------------------------------------------
-def list_command(target: StackTarget, status: JobStatus | None = None, since: str | None = None, limit: int = 20,
-                 as_json: bool = False, table: str | None = None) -> int:
+def list_command(
+    target: StackTarget,
+    status: JobStatus | None = None,
+    since: str | None = None,
+    limit: int = 20,
+    as_json: bool = False,
+    table: str | None = None,
+) -> int:
     since_at = parse_since(since, time.time())
     if limit < 1:
         raise UsageProblem(f"--limit must be at least 1, not {limit}")
@@ -352,25 +375,32 @@ def cancel_command(target: StackTarget, job_id: str, queue_url: str | None = Non
     request = CancelRequest(action="cancel", job_id=job_id)
     url, region = target.intake_queue(queue_url)
     SqsMessageSender(aws("sqs", region), url).send(request)
-    print(f"cancel sent for job {job_id}: if it is still running, records not started yet end as 'cancelled' "
-          f"(no effect on a finished job; follow it with `sagebatch watch {job_id}`)")
+    print(
+        f"cancel sent for job {job_id}: if it is still running, records not started yet end as 'cancelled' "
+        f"(no effect on a finished job; follow it with `sagebatch watch {job_id}`)"
+    )
     return ExitCode.OK
 
 
-def retry_command(target: StackTarget, job_id: str, queue_url: str | None = None, client_token: str | None = None,
-                  deadline: int | None = None) -> int:
+def retry_command(
+    target: StackTarget, job_id: str, queue_url: str | None = None, client_token: str | None = None, deadline: int | None = None
+) -> int:
     from sagebatch.usecases.intake import retry_job_id
 
     request = RetryRequest(action="retry", job_id=job_id, client_token=client_token, deadline_s=deadline)
     url, region = target.intake_queue(queue_url)
     SqsMessageSender(aws("sqs", region), url).send(request)
-    print(f"retry sent for job {job_id}: the records that did not succeed run again as job "
-          f"{retry_job_id(job_id, client_token)}")
+    print(f"retry sent for job {job_id}: the records that did not succeed run again as job {retry_job_id(job_id, client_token)}")
     return ExitCode.OK
 
 
-def redrive_command(target: StackTarget, which: DeadLetterQueue | None = None, queue_url: str | None = None,
-                    to: str | None = None, copy: bool = False) -> int:
+def redrive_command(
+    target: StackTarget,
+    which: DeadLetterQueue | None = None,
+    queue_url: str | None = None,
+    to: str | None = None,
+    copy: bool = False,
+) -> int:
     from sagebatch.usecases.control.redrive import redrive
 
     if which and queue_url:
@@ -387,8 +417,10 @@ def redrive_command(target: StackTarget, which: DeadLetterQueue | None = None, q
     if outcome.note:
         print(outcome.note)
     if outcome.method == "move-task":
-        print(f"message move task started ({outcome.task_handle}); follow it with "
-              f"`aws sqs list-message-move-tasks --source-arn {queues.arn(dlq)}`")
+        print(
+            f"message move task started ({outcome.task_handle}); follow it with "
+            f"`aws sqs list-message-move-tasks --source-arn {queues.arn(dlq)}`"
+        )
     else:
         print(f"moved {outcome.moved} messages from {dlq} to {to or 'its source queue'}")
     return ExitCode.OK

@@ -95,8 +95,10 @@ def print_run_summary(manifest: dict[str, Any], out: Path, elapsed: float) -> No
     print(f"job {manifest['job_id']} {manifest['status']} in {elapsed:.1f} s")
     print(f"  records   {counts['total']} total, {counts['succeeded']} succeeded, {counts['failed']} failed")
     print(f"  tokens    {tokens['input']} in, {tokens['output']} out, {manifest['endpoint_calls']} endpoint calls")
-    print(f"  emulator  {local['emulator_requests']} requests, {local['emulator_injected_faults']} injected faults, "
-          f"{local['emulator_slowed']} slowed")
+    print(
+        f"  emulator  {local['emulator_requests']} requests, {local['emulator_injected_faults']} injected faults, "
+        f"{local['emulator_slowed']} slowed"
+    )
     print(f"  results   {out / 'results.jsonl'}")
     print(f"  manifest  {out / 'manifest.json'}")
 
@@ -114,7 +116,9 @@ def emulator_command(port: int, endpoint_name: str, emulator: EmulatorConfig) ->
             raise UsageProblem(f"port {port} is in use; choose another with --port") from None
         raise
     print(f"TGI emulator for endpoint '{endpoint_name}' at {server.url} (Ctrl-C to stop)")
-    print(f"  boto3.client('sagemaker-runtime', endpoint_url='{server.url}').invoke_endpoint(EndpointName='{endpoint_name}', ...)")
+    print(
+        f"  boto3.client('sagemaker-runtime', endpoint_url='{server.url}').invoke_endpoint(EndpointName='{endpoint_name}', ...)"
+    )
     try:
         while True:
             time.sleep(3600)

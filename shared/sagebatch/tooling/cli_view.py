@@ -23,8 +23,13 @@ from sagebatch.tooling.cli_args import describe_duration
 
 _PIPED_WIDTH = 240
 _STYLES = {
-    JobStatus.COMPLETED: "green", JobStatus.FAILED: "red", JobStatus.CANCELLED: "yellow", JobStatus.EXPIRED: "yellow",
-    JobStatus.RUNNING: "cyan", JobStatus.CREATING: "cyan", JobStatus.FINALIZING: "cyan",
+    JobStatus.COMPLETED: "green",
+    JobStatus.FAILED: "red",
+    JobStatus.CANCELLED: "yellow",
+    JobStatus.EXPIRED: "yellow",
+    JobStatus.RUNNING: "cyan",
+    JobStatus.CREATING: "cyan",
+    JobStatus.FINALIZING: "cyan",
 }
 
 
@@ -47,8 +52,10 @@ def job_rows(job: Job, results_uri: str | None = None) -> list[tuple[str, str]]:
     total = job.total_records if job.total_records is not None else "?"
     rows = [
         ("input", job.source or "-"),
-        ("records", f"{total} total, {job.succeeded} succeeded, {job.failed} failed, {job.cancelled} cancelled, "
-                    f"{job.expired} expired"),
+        (
+            "records",
+            f"{total} total, {job.succeeded} succeeded, {job.failed} failed, {job.cancelled} cancelled, {job.expired} expired",
+        ),
         ("shards", f"{job.shards_done}/{job.total_shards} done" if job.total_shards is not None else "not sharded yet"),
         ("tokens", f"{job.input_tokens} in, {job.output_tokens} out, {job.endpoint_calls} endpoint calls"),
         ("created", f"{_iso(job.created_at)}, deadline {_iso(job.deadline_at) or 'none'}"),
@@ -90,8 +97,14 @@ def jobs_table(jobs: list[Job]) -> Table:
         figures = progress_figures(job, time.time())
         total = job.total_records if job.total_records is not None else "?"
         created = (_iso(job.created_at) or "-").replace("T", " ").replace("+00:00", "")
-        table.add_row(Text(job.job_id), status_text(job.status), created, f"{figures.done}/{total}", str(job.failed),
-                      Text(job.source or "-"))
+        table.add_row(
+            Text(job.job_id),
+            status_text(job.status),
+            created,
+            f"{figures.done}/{total}",
+            str(job.failed),
+            Text(job.source or "-"),
+        )
     return table
 
 
@@ -125,8 +138,10 @@ def progress_line(job: Job, figures: Figures) -> str:
     """The plain-text form of the progress bar (logs, CI, a terminal-less stderr)."""
     total = figures.total if figures.total is not None else "?"
     rate = f"{figures.tokens_per_s:.0f}" if figures.tokens_per_s is not None else "-"
-    return (f"job {job.job_id} {job.status}: {figures.done}/{total} done, {figures.failed} failed, {rate} tokens/s, "
-            f"ETA {describe_duration(figures.eta_s)}, {figures.calls} endpoint calls")
+    return (
+        f"job {job.job_id} {job.status}: {figures.done}/{total} done, {figures.failed} failed, {rate} tokens/s, "
+        f"ETA {describe_duration(figures.eta_s)}, {figures.calls} endpoint calls"
+    )
 
 
 class WatchDisplay:
@@ -161,16 +176,20 @@ class WatchDisplay:
     def waiting(self, job_id: str) -> None:
         if self._last is None:
             self._last = ("waiting",)
-            self._console.print(f"waiting for job {job_id} to appear (intake creates it within seconds)", markup=False,
-                                highlight=False)
+            self._console.print(
+                f"waiting for job {job_id} to appear (intake creates it within seconds)", markup=False, highlight=False
+            )
 
     def update(self, job: Job) -> None:
         figures = progress_figures(job, self._clock())
         if self._live:
             fields: dict[str, Any] = {
-                "status": job.status, "of": figures.total if figures.total is not None else "?", "failed": figures.failed,
+                "status": job.status,
+                "of": figures.total if figures.total is not None else "?",
+                "failed": figures.failed,
                 "rate": f"{figures.tokens_per_s:.0f}" if figures.tokens_per_s is not None else "-",
-                "eta": describe_duration(figures.eta_s), "calls": figures.calls,
+                "eta": describe_duration(figures.eta_s),
+                "calls": figures.calls,
             }
             if self._task is None:
                 self._task = self._progress.add_task(job.job_id, total=figures.total, completed=figures.done, **fields)

@@ -8,11 +8,13 @@
    prompts stop at EOS); `emulator` takes the mean of the local emulator's EOS length (12-96 words, then EOS; never
    EOS at temperature >= 10, as the seed's benchmark ran); a number N takes min(N, max_new_tokens) per call.
 3. **Duration**: the fitted TGI model (performance-model.md 3.1, `tooling.emulator.perf_model`) integrated over the job
-   as a fluid: calls enter the workers' record threads in input order, start when the limiter admits them (its
-   slow start, its in-flight cap, its long-prompt bulkhead, from `LimiterSettings.for_endpoint` as the workers build
-   it), each running call advances one token per decode round, a round costs a + B_run*(b + kv*ctx + t_pf/N) with
-   B_run = min(running, KV capacity M / reserved tokens), and holds its slot N*T/(B_run/B) + ovh. No 429s, timeouts
-   or retries are modelled (the limiter keeps the endpoint below them).
+   as a fluid (`predict`): calls start in file order when the limiters admit them, the limiters as the workers build
+   them (`pipeline`: make_default_caller's store sized by SlotShare; slow start, count cap, weights, long-prompt
+   bulkhead); a running call advances one token per decode round, a round costs a + B_run*(b + kv*ctx + t_pf/N)
+   with B_run = min(running, what the KV capacity M holds), and the call holds its slot N*T*B/B_run + ovh. The
+   workers keep their slots full while work is queued (self-feeding invocations), so shard boundaries are not
+   modelled; nor are 429s, timeouts or retries (the limiters keep the endpoint below them). With several endpoint
+   instances, the calls in flight spread evenly over them.
 4. **Cost**: `endpoint_seconds` as the manifest defines it (each worker environment's slice of the endpoint, split among
    its calls: README "Cost") at the hourly price, plus the plumbing estimate of `domain.cost` from the predicted
    counts.
@@ -73,13 +75,6 @@ class Plan:
     def shards(self) -> int:
         return len(self.shard_lines)
 
-    def shard_calls(self) -> list[float]:
-        out, line = [], 0
-        for lines in self.shard_lines:
-            out.append(float(sum(self.line_calls[line:line + lines])))
-            line += lines
-        return out
-
     @property
     def input_tokens(self) -> int:
         return sum(c.input_tokens for c in self.calls)
@@ -116,14 +111,17 @@ class _PlanningEndpoint:
         with self._lock:
             self.calls.append(PlannedCall(cost_tokens, max_new, expected))
         tokens = max(1, round(expected))
-        return Generation(text=" ".join([FILLER_WORD] * tokens), generated_tokens=tokens,
-                          finish_reason="length" if tokens >= max_new else "eos_token")
+        return Generation(
+            text=" ".join([FILLER_WORD] * tokens),
+            generated_tokens=tokens,
+            finish_reason="length" if tokens >= max_new else "eos_token",
+        )
 
 
 def split_lines(data: bytes) -> list[bytes]:
     """The file's lines as the workers read them (a UTF-8 BOM skipped, trailing CR dropped, no empty last piece)."""
     if data.startswith(UTF8_BOM):
-        data = data[len(UTF8_BOM):]
+        data = data[len(UTF8_BOM) :]
     pieces = data.split(b"\n")
     if data.endswith(b"\n") or not data:
         pieces.pop()
@@ -142,7 +140,10 @@ def shard_lines(data: bytes, settings: Settings) -> list[int]:
 
 
 def plan_file(
-    data: bytes, settings: Settings, parameters: Parameters | None = None, fit: FitSettings | None = None,
+    data: bytes,
+    settings: Settings,
+    parameters: Parameters | None = None,
+    fit: FitSettings | None = None,
     assumption: OutputTokens = "max",
 ) -> Plan:
     """Every line of `data` through the worker's RecordRunner, without calling anything."""
@@ -152,12 +153,12 @@ def plan_file(
     budget = TokenBudget(max_input_length=settings.max_input_length, max_total_tokens=settings.max_total_tokens)
     plan = Plan(input_format=input_format, shard_lines=shard_lines(data, settings))
     with ThreadPoolExecutor(max_workers=4, thread_name_prefix="estimate") as pool:
-        runner = RecordRunner(endpoint, budget, get_tokenizer(), settings.default_max_new_tokens,
-                              settings.max_line_bytes, pool)
+        runner = RecordRunner(endpoint, budget, get_tokenizer(), settings.default_max_new_tokens, settings.max_line_bytes, pool)
         for line, raw in enumerate(split_lines(data), start=1):
             before = len(endpoint.calls)
-            result = runner.run(line, raw, parameters or Parameters(), fit, input_format=input_format,
-                                input_format_line=format_line)
+            result = runner.run(
+                line, raw, parameters or Parameters(), fit, input_format=input_format, input_format_line=format_line
+            )
             plan.records += 1
             plan.line_calls.append(len(endpoint.calls) - before)
             if result.status == "failed" and result.calls == 0 and result.error is not None:
@@ -210,8 +211,12 @@ class _Registered:
 def pipeline(settings: Settings, shards: int, local: bool) -> Pipeline:
     environments = 1 if local else max(1, min(settings.worker_max_concurrency, math.ceil(shards / WORKER_BATCH_SHARDS)))
     # The limiter as an environment builds it (lambdas/service.py), then sized by its SlotShare.
-    caller = make_default_caller(None, settings.endpoint_name, endpoint_max_concurrency=settings.endpoint_max_concurrency,
-                                 worker_max_concurrency=settings.worker_max_concurrency)
+    caller = make_default_caller(
+        None,
+        settings.endpoint_name,
+        endpoint_max_concurrency=settings.endpoint_max_concurrency,
+        worker_max_concurrency=settings.worker_max_concurrency,
+    )
     store = caller.limiter.store
     assert isinstance(store, InMemoryLimiterStore)
     clock = [0.0]
@@ -249,25 +254,27 @@ def _classes(calls: Sequence[PlannedCall], pipe: Pipeline, p: PerfParams, groups
     """Calls grouped by (long?, input size quantile), with exact means of the per-call terms."""
     out: list[_Class] = []
     for long in (False, True):
-        members = sorted((c for c in calls if (c.input_tokens > pipe.long_prompt_tokens) == long),
-                         key=lambda c: c.input_tokens)
+        members = sorted((c for c in calls if (c.input_tokens > pipe.long_prompt_tokens) == long), key=lambda c: c.input_tokens)
         size = max(1, math.ceil(len(members) / groups))
         for start in range(0, len(members), size):
-            chunk = members[start:start + size]
+            chunk = members[start : start + size]
             rounds = [max(1.0, c.output_tokens) for c in chunk]
             per_round = [
-                p.b_ms + p.kv_ms_per_1k * windowed_context(int(c.input_tokens + n / 2), p.window) / 1000.0
+                p.b_ms
+                + p.kv_ms_per_1k * windowed_context(int(c.input_tokens + n / 2), p.window) / 1000.0
                 + prefill_ms([c.input_tokens], p) / n
                 for c, n in zip(chunk, rounds)
             ]
-            out.append(_Class(
-                calls=float(len(chunk)),
-                output_tokens=sum(rounds) / len(chunk),
-                per_round_ms=sum(r * n for r, n in zip(per_round, rounds)) / sum(rounds),  # paid once per round run
-                reserved=sum(reserved_tokens(c.input_tokens, c.max_new_tokens, p) for c in chunk) / len(chunk),
-                long=long,
-                weight=sum(pipe.weight(c.input_tokens) for c in chunk) / len(chunk),
-            ))
+            out.append(
+                _Class(
+                    calls=float(len(chunk)),
+                    output_tokens=sum(rounds) / len(chunk),
+                    per_round_ms=sum(r * n for r, n in zip(per_round, rounds)) / sum(rounds),  # paid once per round run
+                    reserved=sum(reserved_tokens(c.input_tokens, c.max_new_tokens, p) for c in chunk) / len(chunk),
+                    long=long,
+                    weight=sum(pipe.weight(c.input_tokens) for c in chunk) / len(chunk),
+                )
+            )
     return out
 
 
@@ -280,8 +287,9 @@ class Prediction:
     output_tokens_per_s: float
 
 
-def predict(calls: Sequence[PlannedCall], pipe: Pipeline, instances: int = 1, p: PerfParams | None = None,
-            max_calls: int = 3000) -> Prediction:
+def predict(
+    calls: Sequence[PlannedCall], pipe: Pipeline, instances: int = 1, p: PerfParams | None = None, max_calls: int = 3000
+) -> Prediction:
     """Integrate the fluid model over the job (module docstring, 3).
 
     A job of more than `max_calls` calls is simulated on `max_calls` of the same mix and extrapolated at the rate of
@@ -357,8 +365,13 @@ def predict(calls: Sequence[PlannedCall], pipe: Pipeline, instances: int = 1, p:
     # Every environment is busy while the job runs (each keeps its share full), so each slice accrues all along.
     worker_seconds = now * pipe.environments
     output = sum(c.output_tokens for c in calls)
-    return Prediction(duration_s=now, endpoint_seconds=worker_seconds * pipe.endpoint_slice, worker_seconds=worker_seconds,
-                      mean_in_flight=in_flight_s / now if now else 0.0, output_tokens_per_s=output / now if now else 0.0)
+    return Prediction(
+        duration_s=now,
+        endpoint_seconds=worker_seconds * pipe.endpoint_slice,
+        worker_seconds=worker_seconds,
+        mean_in_flight=in_flight_s / now if now else 0.0,
+        output_tokens_per_s=output / now if now else 0.0,
+    )
 
 
 # -- 4. all of it --------------------------------------------------------------------------------------------------
@@ -385,15 +398,27 @@ class Estimate:
 
     def as_dict(self) -> dict[str, Any]:
         values = asdict(self)
-        for name in ("output_tokens", "duration_s", "mean_in_flight", "output_tokens_per_s", "endpoint_seconds",
-                     "worker_seconds"):
+        for name in (
+            "output_tokens",
+            "duration_s",
+            "mean_in_flight",
+            "output_tokens_per_s",
+            "endpoint_seconds",
+            "worker_seconds",
+        ):
             values[name] = round(values[name], 3)
         return values
 
 
 def estimate(
-    data: bytes, settings: Settings, parameters: Parameters | None = None, fit: FitSettings | None = None,
-    assumption: OutputTokens = "max", instances: int = 1, local: bool = False, instance_hourly_price: float | None = None,
+    data: bytes,
+    settings: Settings,
+    parameters: Parameters | None = None,
+    fit: FitSettings | None = None,
+    assumption: OutputTokens = "max",
+    instances: int = 1,
+    local: bool = False,
+    instance_hourly_price: float | None = None,
 ) -> Estimate:
     if instances < 1:
         raise ValueError("an endpoint has at least one instance")
@@ -401,14 +426,30 @@ def estimate(
     pipe = pipeline(settings, plan.shards, local)
     prediction = predict(plan.calls, pipe, instances)
     hourly = (settings.endpoint_hourly_price if instance_hourly_price is None else instance_hourly_price) * instances
-    counts = JobCounts(records=plan.records, shards=plan.shards, endpoint_calls=len(plan.calls),
-                       output_tokens=plan.output_tokens, worker_seconds=prediction.worker_seconds)
+    counts = JobCounts(
+        records=plan.records,
+        shards=plan.shards,
+        endpoint_calls=len(plan.calls),
+        output_tokens=plan.output_tokens,
+        worker_seconds=prediction.worker_seconds,
+    )
     return Estimate(
-        records=plan.records, shards=plan.shards, input_format=plan.input_format, failed_without_call=plan.failed,
-        endpoint_calls=len(plan.calls), input_tokens=plan.input_tokens, output_tokens=plan.output_tokens,
-        output_assumption=str(assumption), environments=pipe.environments,
-        max_in_flight=pipe.max_in_flight, long_in_flight=pipe.long_in_flight, endpoint_instances=instances,
-        duration_s=prediction.duration_s, mean_in_flight=prediction.mean_in_flight, output_tokens_per_s=prediction.output_tokens_per_s,
-        endpoint_seconds=prediction.endpoint_seconds, worker_seconds=prediction.worker_seconds,
+        records=plan.records,
+        shards=plan.shards,
+        input_format=plan.input_format,
+        failed_without_call=plan.failed,
+        endpoint_calls=len(plan.calls),
+        input_tokens=plan.input_tokens,
+        output_tokens=plan.output_tokens,
+        output_assumption=str(assumption),
+        environments=pipe.environments,
+        max_in_flight=pipe.max_in_flight,
+        long_in_flight=pipe.long_in_flight,
+        endpoint_instances=instances,
+        duration_s=prediction.duration_s,
+        mean_in_flight=prediction.mean_in_flight,
+        output_tokens_per_s=prediction.output_tokens_per_s,
+        endpoint_seconds=prediction.endpoint_seconds,
+        worker_seconds=prediction.worker_seconds,
         cost=job_cost(prediction.endpoint_seconds, counts, hourly),
     )

@@ -68,12 +68,15 @@ class StackOutputs(BaseModel):
         """From describe_stacks' outputs (OutputKey -> OutputValue); raises StackNotUsable when one is missing."""
         missing = [name for name in [*OUTPUT_NAMES.values(), DLQ_OUTPUT] if not outputs.get(name)]
         if missing:
-            raise StackNotUsable(f"stack {stack_name} has no output {', '.join(missing)}: is it a sagebatch stack, "
-                                 f"fully deployed from this template.yaml?")
+            raise StackNotUsable(
+                f"stack {stack_name} has no output {', '.join(missing)}: is it a sagebatch stack, "
+                f"fully deployed from this template.yaml?"
+            )
         dlqs = [url.strip() for url in outputs[DLQ_OUTPUT].split(",")]
         if len(dlqs) != len(DLQ_ORDER) or not all(dlqs):
-            raise StackNotUsable(f"stack {stack_name}'s {DLQ_OUTPUT} output is not {len(DLQ_ORDER)} queue URLs "
-                                 f"({', '.join(DLQ_ORDER)})")
+            raise StackNotUsable(
+                f"stack {stack_name}'s {DLQ_OUTPUT} output is not {len(DLQ_ORDER)} queue URLs ({', '.join(DLQ_ORDER)})"
+            )
         values: dict[str, Any] = {field: outputs[name] for field, name in OUTPUT_NAMES.items()}
         return cls(stack_name=stack_name, region=region, dead_letter_queue_urls=dict(zip(DLQ_ORDER, dlqs, strict=True)), **values)
 
@@ -95,8 +98,9 @@ def samconfig_parameters(directory: Path) -> dict[str, Any]:
     return {k: v for section in sections if isinstance(section, dict) for k, v in section.items()}
 
 
-def stack_ref(stack: str | None, region: str | None, environ: Mapping[str, str] | None = None,
-              directory: Path | None = None) -> StackRef:
+def stack_ref(
+    stack: str | None, region: str | None, environ: Mapping[str, str] | None = None, directory: Path | None = None
+) -> StackRef:
     """Which stack the command means: --stack, else SAGEBATCH_STACK, else samconfig.toml's stack_name."""
     environ = os.environ if environ is None else environ
     if stack:
@@ -106,8 +110,7 @@ def stack_ref(stack: str | None, region: str | None, environ: Mapping[str, str] 
     parameters = samconfig_parameters(directory or Path.cwd())
     if parameters.get("stack_name"):
         return StackRef(str(parameters["stack_name"]), region or parameters.get("region") or None, SAMCONFIG)
-    raise StackNotUsable(f"no stack named: pass --stack NAME, set {STACK_ENV}, or run where `sam deploy` saved "
-                         f"{SAMCONFIG}")
+    raise StackNotUsable(f"no stack named: pass --stack NAME, set {STACK_ENV}, or run where `sam deploy` saved {SAMCONFIG}")
 
 
 def read_stack_outputs(cloudformation: Any, ref: StackRef) -> StackOutputs:
@@ -117,8 +120,10 @@ def read_stack_outputs(cloudformation: Any, ref: StackRef) -> StackOutputs:
     except ClientError as error:
         if error.response.get("Error", {}).get("Code") == "ValidationError" and "does not exist" in str(error):
             where = ref.region or cloudformation.meta.region_name
-            raise StackNotUsable(f"no stack {ref.name} in {where} (named by {ref.source}): deploy it with "
-                                 f"`sam deploy`, or name another with --stack and --region") from None
+            raise StackNotUsable(
+                f"no stack {ref.name} in {where} (named by {ref.source}): deploy it with "
+                f"`sam deploy`, or name another with --stack and --region"
+            ) from None
         raise
     outputs = {o["OutputKey"]: o["OutputValue"] for o in stacks[0].get("Outputs", []) if "OutputValue" in o}
     return StackOutputs.from_outputs(ref.name, ref.region or cloudformation.meta.region_name, outputs)

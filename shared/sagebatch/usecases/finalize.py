@@ -71,8 +71,9 @@ class Finalizer:
             files.upload(self._objects, bucket)
         finished_at = time.time()
         status = final_status(job)
-        self._objects.put_json(bucket, manifest_key(job_id), build_manifest(job, bucket, finished_at, status,
-                                                                           self._settings.endpoint_hourly_price))
+        self._objects.put_json(
+            bucket, manifest_key(job_id), build_manifest(job, bucket, finished_at, status, self._settings.endpoint_hourly_price)
+        )
         if self._jobs.complete_job(job_id, status):
             self._publish(job, status)
         logger.info("job finished", extra={"job_id": job_id, "records": written, "status": status})

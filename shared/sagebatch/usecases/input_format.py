@@ -46,7 +46,7 @@ def head_format(head: bytes, whole: bool, max_line_bytes: int) -> tuple[InputFor
     """The format decided by the complete lines of `head` (the last piece counts only when `head` is the whole
     object), and how many lines were looked at."""
     if head.startswith(UTF8_BOM):
-        head = head[len(UTF8_BOM):]
+        head = head[len(UTF8_BOM) :]
     pieces = head.split(b"\n")
     if not whole or head.endswith(b"\n"):
         pieces.pop()  # cut short by the read (or the empty piece after the last newline)

@@ -16,8 +16,9 @@ import json
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import unquote_plus
 
 from pydantic import ValidationError
@@ -45,8 +46,8 @@ from sagebatch.ports import (
 from sagebatch.settings import Settings
 from sagebatch.usecases.control.cancel import cancel
 from sagebatch.usecases.control.retry import Lineage, RetryRefused, retry_lineage, retryable
-from sagebatch.usecases.input_format import InputFormat, decide_input_format
 from sagebatch.usecases.finishing import begin_finalize, resume_finalize
+from sagebatch.usecases.input_format import InputFormat, decide_input_format
 from sagebatch.usecases.lease import Lease
 
 _JOB_NAMESPACE = uuid.UUID("5d7f3c7e-9a53-4f0b-9d64-2a1c5b1e7a10")
@@ -93,8 +94,10 @@ def parse_s3_drops(body: dict[str, Any]) -> list[S3Drop] | None:
     if body.get("Event") == "s3:TestEvent":
         return []
     records = body.get("Records")
-    if not isinstance(records, list) or not records or not all(
-        isinstance(r, dict) and r.get("eventSource") == "aws:s3" for r in records
+    if (
+        not isinstance(records, list)
+        or not records
+        or not all(isinstance(r, dict) and r.get("eventSource") == "aws:s3" for r in records)
     ):
         return None
     drops = []
@@ -103,16 +106,20 @@ def parse_s3_drops(body: dict[str, Any]) -> list[S3Drop] | None:
             continue
         s3 = record["s3"]
         obj = s3["object"]
-        drops.append(
-            S3Drop(s3["bucket"]["name"], unquote_plus(obj["key"]), obj.get("versionId") or None, obj.get("eTag"))
-        )
+        drops.append(S3Drop(s3["bucket"]["name"], unquote_plus(obj["key"]), obj.get("versionId") or None, obj.get("eTag")))
     return drops
 
 
 class Intake:
     def __init__(
-        self, jobs: JobStore, leases: LeaseStore, objects: ObjectStore, work: MessageSender, finalize: MessageSender,
-        settings: Settings, events: JobEvents | None = None,
+        self,
+        jobs: JobStore,
+        leases: LeaseStore,
+        objects: ObjectStore,
+        work: MessageSender,
+        finalize: MessageSender,
+        settings: Settings,
+        events: JobEvents | None = None,
     ):
         self._jobs = jobs
         self._leases = leases
@@ -141,7 +148,9 @@ class Intake:
         # Anyone who may send to the intake queue can forge a notification: check its bucket like a job's input.
         if not self._settings.allows_input(drop.bucket, drop.key):
             return self._reject(job_id, self._not_allowed(drop.bucket, drop.key))
-        job = Job(job_id=job_id, source=f"s3://{drop.bucket}/{drop.key}", bucket=drop.bucket, key=drop.key, version_id=drop.version_id)
+        job = Job(
+            job_id=job_id, source=f"s3://{drop.bucket}/{drop.key}", bucket=drop.bucket, key=drop.key, version_id=drop.version_id
+        )
         return self._start(self._with_formats(job))
 
     def submit_job(self, body: dict[str, Any], message_id: str) -> IntakeOutcome:
@@ -203,10 +212,17 @@ class Intake:
             logger.warning("retry refused", extra={"parent_job_id": request.job_id, "reason": reason})
             return IntakeOutcome(None, False, reason)
         job = Job(
-            job_id=job_id, source=f"s3://{bucket}/{key}", bucket=bucket, key=key, parameters=parent.parameters,
-            fit=parent.fit, client_token=request.client_token, parent_job_id=parent.job_id,
+            job_id=job_id,
+            source=f"s3://{bucket}/{key}",
+            bucket=bucket,
+            key=key,
+            parameters=parent.parameters,
+            fit=parent.fit,
+            client_token=request.client_token,
+            parent_job_id=parent.job_id,
             # The parent's lines in the parent's format (its deciding line is not among them), results in its shape.
-            input_format=parent.input_format, output_format=parent.output_format,
+            input_format=parent.input_format,
+            output_format=parent.output_format,
         )
         logger.info("retry", extra={"job_id": job_id, "parent_job_id": parent.job_id, "records": len(lineage)})
         return self._start(job, request.deadline_s, lineage)
@@ -246,10 +262,13 @@ class Intake:
             decided = decide_input_format(self._objects, info, self._settings.max_line_bytes)
         except InputUnreadable:
             decided = InputFormat()  # the job fails at _enqueue's read, with the reason
-        return job.model_copy(update={
-            "input_format": decided.format, "input_format_line": decided.line,
-            "output_format": resolve_output_format(requested, decided.format),
-        })
+        return job.model_copy(
+            update={
+                "input_format": decided.format,
+                "input_format_line": decided.line,
+                "output_format": resolve_output_format(requested, decided.format),
+            }
+        )
 
     def _start(self, job: Job, deadline_s: int | None = None, lineage: Lineage | None = None) -> IntakeOutcome:
         job.deadline_at = job.created_at + (deadline_s or self._settings.default_job_deadline_s)
@@ -299,10 +318,20 @@ class Intake:
             for group in group_spans(self._objects.line_spans(info), self._settings.shard_records, self._settings.shard_bytes):
                 parent_lines, default_ids = lineage.window(lines + 1, len(group)) if lineage is not None else (None, None)
                 yield Shard(
-                    job_id=job.job_id, shard=shards, bucket=info.bucket, key=info.key, version_id=info.version_id, etag=info.etag,
-                    start=group[0].start, end=group[-1].end, first_line=lines + 1, lines=len(group),
-                    parent_lines=parent_lines, default_ids=default_ids,
-                    input_format=job.input_format, input_format_line=job.input_format_line,
+                    job_id=job.job_id,
+                    shard=shards,
+                    bucket=info.bucket,
+                    key=info.key,
+                    version_id=info.version_id,
+                    etag=info.etag,
+                    start=group[0].start,
+                    end=group[-1].end,
+                    first_line=lines + 1,
+                    lines=len(group),
+                    parent_lines=parent_lines,
+                    default_ids=default_ids,
+                    input_format=job.input_format,
+                    input_format_line=job.input_format_line,
                 )
                 lines += len(group)
                 shards += 1
@@ -348,4 +377,3 @@ def group_spans(spans: Iterator[LineSpan], max_lines: int, max_bytes: int) -> It
         group.append(span)
     if group:
         yield group
-

@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from typing import Callable
+from collections.abc import Callable
 
 from sagebatch.ports import Lease as LeaseItem
 
@@ -60,7 +60,7 @@ class Lease:
             return False
         return True
 
-    def __enter__(self) -> "Lease":
+    def __enter__(self) -> Lease:
         if not self.held and not self.try_acquire():
             raise Busy("another worker holds the lease")
         self._heartbeat = threading.Thread(target=self._renew_until_stopped, name="lease-heartbeat", daemon=True)
@@ -73,14 +73,14 @@ class Lease:
             self._heartbeat.join()
         try:
             self._store.release(self.owner)
-        except Exception:  # noqa: BLE001 - best effort: an unreleased lease lapses on its own
+        except Exception:
             pass
 
     def _renew_until_stopped(self) -> None:
         while not self._stop.wait(self.seconds / 3):
             try:
                 self.held = self._store.acquire(self.owner, self.seconds)
-            except Exception:  # noqa: BLE001 - a failed renewal is retried at the next beat; expiry is the backstop
+            except Exception:
                 continue
             if not self.held:
                 return

@@ -21,8 +21,9 @@ import re
 import threading
 import time
 import traceback
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Sequence
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -128,7 +129,7 @@ def parse_line(raw: bytes, max_line_bytes: int) -> Any:
         try:
             json.dumps(data, ensure_ascii=False).encode("utf-8")
         except UnicodeEncodeError as error:
-            bad = error.object[error.start:error.end].encode("utf-8", "backslashreplace").decode()
+            bad = error.object[error.start : error.end].encode("utf-8", "backslashreplace").decode()
             raise LineFailed("invalid_json", f"line holds an unpaired surrogate escape ({bad}): not Unicode text") from None
     return data
 
@@ -207,15 +208,29 @@ class RecordRunner:
         except OutsideTheLine as wrapped:
             raise wrapped.error from None
         except LineFailed as problem:
-            result = failed(line, record_id, problem.kind, problem.message, calls=sent.requests,
-                            endpoint_seconds=sent.shares()[0], worker_seconds=sent.shares()[1])
+            result = failed(
+                line,
+                record_id,
+                problem.kind,
+                problem.message,
+                calls=sent.requests,
+                endpoint_seconds=sent.shares()[0],
+                worker_seconds=sent.shares()[1],
+            )
         except Exception as error:  # our own bug: the line fails, the shard goes on
             logger.error(
                 "internal error on a line",
                 extra={"line": line, "error_class": type(error).__name__, "trace": traceback.format_tb(error.__traceback__)},
             )
-            result = failed(line, record_id, "internal_error", f"{type(error).__name__}: {error}", calls=sent.requests,
-                            endpoint_seconds=sent.shares()[0], worker_seconds=sent.shares()[1])
+            result = failed(
+                line,
+                record_id,
+                "internal_error",
+                f"{type(error).__name__}: {error}",
+                calls=sent.requests,
+                endpoint_seconds=sent.shares()[0],
+                worker_seconds=sent.shares()[1],
+            )
         return _noted(result, notes).model_copy(update={"id_given": given})
 
     def _answer(
@@ -226,7 +241,7 @@ class RecordRunner:
         job_parameters: Parameters,
         job_fit: FitSettings | None,
         cache: CallCache | None,
-        sent: "_Sent",
+        sent: _Sent,
     ) -> ResultLine:
         try:
             record = parse_record(data)
@@ -246,7 +261,11 @@ class RecordRunner:
         started = time.monotonic()
         try:
             outcome = answer(
-                record, max_new_tokens, fit, self._budget, self._tokenizer,
+                record,
+                max_new_tokens,
+                fit,
+                self._budget,
+                self._tokenizer,
                 lambda calls: self._generate(calls, body, cache, sent),
             )
         except BudgetExceeded as error:
@@ -266,8 +285,10 @@ class RecordRunner:
             output=outcome.output,
             finish_reason=outcome.finish_reason,
             usage=Usage(
-                input_tokens=outcome.input_tokens, output_tokens=outcome.output_tokens,
-                reused_input_tokens=sent.reused_input_tokens, reused_output_tokens=sent.reused_output_tokens,
+                input_tokens=outcome.input_tokens,
+                output_tokens=outcome.output_tokens,
+                reused_input_tokens=sent.reused_input_tokens,
+                reused_output_tokens=sent.reused_output_tokens,
             ),
             strategy=outcome.strategy.value if outcome.strategy else None,
             chunks=outcome.chunks,
@@ -284,7 +305,7 @@ class RecordRunner:
         )
 
     def _generate(
-        self, calls: Sequence[Call], parameters: dict[str, Any], cache: CallCache | None, sent: "_Sent"
+        self, calls: Sequence[Call], parameters: dict[str, Any], cache: CallCache | None, sent: _Sent
     ) -> list[Generation]:
         """Run one stage's calls concurrently; every call goes through the same caller and limiter.
 

@@ -38,14 +38,15 @@ def input_originals(objects: ObjectStore, job: Job, max_line_bytes: int) -> Iter
     try:
         for number, raw in enumerate(objects.lines(info), start=1):
             if number == 1 and raw.startswith(UTF8_BOM):
-                raw = raw[len(UTF8_BOM):]
+                raw = raw[len(UTF8_BOM) :]
             try:
                 yield parse_line(raw.rstrip(b"\r"), max_line_bytes)
             except LineFailed:
                 yield None
     except InputUnreadable as error:
-        logger.warning("input unreadable at finalize: results rendered without it",
-                       extra={"job_id": job.job_id, "reason": str(error)})
+        logger.warning(
+            "input unreadable at finalize: results rendered without it", extra={"job_id": job.job_id, "reason": str(error)}
+        )
     while True:
         yield None
 
@@ -74,9 +75,7 @@ class ResultFiles:
     def __enter__(self) -> ResultFiles:
         return self
 
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
-    ) -> None:
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None) -> None:
         self._results.close()
         if self._errors is not None:
             self._errors.close()
@@ -102,8 +101,14 @@ class ResultFiles:
             self.errors += 1
 
     def _render(self, public: dict[str, Any], original: Any) -> dict[str, Any]:
-        return render(self._format, public, original, job_id=self._job.job_id, created=int(self._job.created_at),
-                      extra_stop=self._extra_stop)
+        return render(
+            self._format,
+            public,
+            original,
+            job_id=self._job.job_id,
+            created=int(self._job.created_at),
+            extra_stop=self._extra_stop,
+        )
 
     def upload(self, objects: ObjectStore, bucket: str) -> None:
         """Upload results.jsonl (and errors.jsonl for the OpenAI format, empty when no line is an error)."""

@@ -13,9 +13,9 @@ so the shard still completes and the job still finalizes with one result per lin
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Callable
 
 from sagebatch.domain.encoding import UTF8_BOM
 from sagebatch.domain.job import ACTIVE, Job, JobStatus, ShardCounts
@@ -160,13 +160,24 @@ class ShardProcessor:
             if not keep_going():
                 return None
             try:
-                return self._runner.run(line, raw, job.parameters, job.fit, shard.default_id(line),
-                                        self._results.call_cache(job_id, line),
-                                        input_format=shard.input_format, input_format_line=shard.input_format_line)
+                return self._runner.run(
+                    line,
+                    raw,
+                    job.parameters,
+                    job.fit,
+                    shard.default_id(line),
+                    self._results.call_cache(job_id, line),
+                    input_format=shard.input_format,
+                    input_format_line=shard.input_format_line,
+                )
             except RetryLater as error:
                 if final_attempt:
-                    return failed(line, error.record_id, f"endpoint_{error.error.kind.value}",
-                                  f"gave up after retries: {error.error.message}")
+                    return failed(
+                        line,
+                        error.record_id,
+                        f"endpoint_{error.error.kind.value}",
+                        f"gave up after retries: {error.error.message}",
+                    )
                 return None
 
         def run_and_keep(item: tuple[int, bytes]) -> ResultLine | None:
@@ -195,14 +206,19 @@ class ShardProcessor:
         encoded = buffer.in_line_order()
         self._results.save_part(job_id, shard.shard, encoded)
         counts = ShardCounts()
-        for line in encoded:
-            counts.add(decode_result(line))
+        for stored in encoded:
+            counts.add(decode_result(stored))
         self._jobs.complete_shard(job_id, shard.shard, counts)
         finalize_sent = begin_finalize(self._jobs, self._finalize, job_id)
         logger.info(
             "shard done",
-            extra={"job_id": job_id, "shard": shard.shard, "stored": len(todo), "reused": reused,
-                   "not_run": counts.cancelled + counts.expired},
+            extra={
+                "job_id": job_id,
+                "shard": shard.shard,
+                "stored": len(todo),
+                "reused": reused,
+                "not_run": counts.cancelled + counts.expired,
+            },
         )
         return ShardOutcome(len(encoded) - reused, reused, 0, finalize_sent, delivered)
 
@@ -224,9 +240,19 @@ class ShardProcessor:
             encoded = encode_result(result)
         except ResultUnstorable as error:
             logger.error("result could not be stored", extra={"job_id": shard.job_id, "line": result.line})
-            result = _traced(shard, failed(result.line, result.id, "internal_error", f"the result could not be stored: {error}",
-                                           usage=result.usage, calls=result.calls,
-                                           endpoint_seconds=result.endpoint_seconds, worker_seconds=result.worker_seconds))
+            result = _traced(
+                shard,
+                failed(
+                    result.line,
+                    result.id,
+                    "internal_error",
+                    f"the result could not be stored: {error}",
+                    usage=result.usage,
+                    calls=result.calls,
+                    endpoint_seconds=result.endpoint_seconds,
+                    worker_seconds=result.worker_seconds,
+                ),
+            )
             encoded = encode_result(result)
         buffer.add(result.line, encoded)
         return result
@@ -241,7 +267,7 @@ class ShardProcessor:
         if len(pieces) != shard.lines:
             raise InputUnreadable(f"the input changed: shard {shard.shard} expected {shard.lines} lines, read {len(pieces)}")
         if shard.start == 0 and pieces and pieces[0].startswith(UTF8_BOM):
-            pieces[0] = pieces[0][len(UTF8_BOM):]  # a file saved "UTF-8 with BOM": the first record is still line 1
+            pieces[0] = pieces[0][len(UTF8_BOM) :]  # a file saved "UTF-8 with BOM": the first record is still line 1
         return [(shard.first_line + i, piece.rstrip(b"\r")) for i, piece in enumerate(pieces)]
 
 

@@ -31,7 +31,9 @@ def finalizing_job(aws: FakeAws, lines: list[int], total: int) -> None:
         )
     )
     # The job's one shard's part, holding `lines`
-    aws.results.save_part("j", 0, [encode_result(ResultLine(id=line, line=line, status="succeeded", output="ok")) for line in lines])
+    aws.results.save_part(
+        "j", 0, [encode_result(ResultLine(id=line, line=line, status="succeeded", output="ok")) for line in lines]
+    )
 
 
 def test_results_are_written_in_line_order_one_per_input_line(make_pipeline: MakePipeline) -> None:

@@ -18,16 +18,40 @@ from sagebatch.domain.layout import results_key
 from sagebatch.fakes import FakeAws, build_pipeline, drive, fake_settings
 from tests.unit.flows.helpers import message
 
-FIELD_NAMES = ["id", "prompt", "messages", "inputs", "document", "instruction", "system", "parameters", "fit",
-               "role", "content", "max_new_tokens", "temperature", "seed", "top_k", "truncate", "strategy", "stop"]
+FIELD_NAMES = [
+    "id",
+    "prompt",
+    "messages",
+    "inputs",
+    "document",
+    "instruction",
+    "system",
+    "parameters",
+    "fit",
+    "role",
+    "content",
+    "max_new_tokens",
+    "temperature",
+    "seed",
+    "top_k",
+    "truncate",
+    "strategy",
+    "stop",
+]
 
 scalars = (
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True, allow_infinity=True)
-    | st.text(max_size=20) | st.sampled_from(["", "  ", "\u2028", "\\ud800", "Say hello.", "map_reduce", "window"])
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=20)
+    | st.sampled_from(["", "  ", "\u2028", "\\ud800", "Say hello.", "map_reduce", "window"])
 )
 json_values = st.recursive(
     scalars,
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.sampled_from(FIELD_NAMES) | st.text(max_size=5), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.sampled_from(FIELD_NAMES) | st.text(max_size=5), children, max_size=4)
+    ),
     max_leaves=20,
 )
 records = st.fixed_dictionaries(
@@ -35,13 +59,30 @@ records = st.fixed_dictionaries(
     optional={
         "id": json_values,
         "prompt": json_values,
-        "messages": st.lists(st.fixed_dictionaries({}, optional={"role": json_values, "content": json_values}), max_size=3) | json_values,
+        "messages": st.lists(st.fixed_dictionaries({}, optional={"role": json_values, "content": json_values}), max_size=3)
+        | json_values,
         "inputs": json_values,
         "document": json_values,
         "instruction": json_values,
-        "parameters": st.dictionaries(st.sampled_from(["max_new_tokens", "temperature", "top_p", "top_k", "seed",
-                                                       "truncate", "stop", "best_of", "do_sample", "max_tokens"]),
-                                      json_values, max_size=3) | json_values,
+        "parameters": st.dictionaries(
+            st.sampled_from(
+                [
+                    "max_new_tokens",
+                    "temperature",
+                    "top_p",
+                    "top_k",
+                    "seed",
+                    "truncate",
+                    "stop",
+                    "best_of",
+                    "do_sample",
+                    "max_tokens",
+                ]
+            ),
+            json_values,
+            max_size=3,
+        )
+        | json_values,
         "fit": st.dictionaries(st.sampled_from(["strategy", "keep", "chunk_tokens", "overlap_tokens"]), json_values, max_size=2)
         | json_values,
     },
@@ -85,5 +126,7 @@ def test_every_line_gets_exactly_one_result_and_the_job_completes(body: list[byt
     assert len(written.splitlines()) == len(written.rstrip("\n").split("\n")) == len(body)
     assert [json.loads(line)["line"] for line in written.splitlines()] == list(range(1, len(body) + 1))
     # And none failed for a reason of ours
-    assert all(json.loads(line)["error"] is None or json.loads(line)["error"]["type"] != "internal_error"
-               for line in written.splitlines())
+    assert all(
+        json.loads(line)["error"] is None or json.loads(line)["error"]["type"] != "internal_error"
+        for line in written.splitlines()
+    )

@@ -49,8 +49,8 @@ __all__ = [
     "ContainerTimeout",
     "GenTiming",
     "Overloaded",
-    "Permit",
     "PerfParams",
+    "Permit",
     "SchedulerClosed",
     "SchedulerStats",
     "TgiScheduler",
@@ -116,7 +116,7 @@ class Permit:
     """An admission slot. Pass it to :meth:`TgiScheduler.generate`, or :meth:`release` it if the
     request is rejected later (e.g. validation, which TGI runs after admission)."""
 
-    __slots__ = ("_sched", "_slot_held", "_req")
+    __slots__ = ("_req", "_sched", "_slot_held")
 
     def __init__(self, sched: TgiScheduler) -> None:
         self._sched = sched
@@ -139,13 +139,28 @@ _QUEUED, _RUNNING, _DONE, _DROPPED = "queued", "running", "done", "dropped"
 
 class _Req:
     __slots__ = (
-        "rid", "n_in", "n_new", "reserve", "prefill_tokens", "decode_tokens", "t_arr", "deadline",
-        "generated", "t_start", "pf_ms", "t_done", "state", "timed_out", "event", "permit",
         "closed",
+        "deadline",
+        "decode_tokens",
+        "event",
+        "generated",
+        "n_in",
+        "n_new",
+        "permit",
+        "pf_ms",
+        "prefill_tokens",
+        "reserve",
+        "rid",
+        "state",
+        "t_arr",
+        "t_done",
+        "t_start",
+        "timed_out",
     )
 
-    def __init__(self, rid: int, n_in: int, n_new: int, max_new: int, t_arr: float, deadline: float,
-                 permit: Permit, p: PerfParams) -> None:
+    def __init__(
+        self, rid: int, n_in: int, n_new: int, max_new: int, t_arr: float, deadline: float, permit: Permit, p: PerfParams
+    ) -> None:
         self.rid = rid
         self.n_in = n_in
         self.n_new = n_new
@@ -229,8 +244,7 @@ class TgiScheduler:
             self._in_flight += 1
             return Permit(self)
 
-    def generate(self, permit: Permit, input_tokens: int, new_tokens: int, *,
-                 max_new_tokens: int | None = None) -> GenTiming:
+    def generate(self, permit: Permit, input_tokens: int, new_tokens: int, *, max_new_tokens: int | None = None) -> GenTiming:
         """Block until the request would have finished on the emulated endpoint.
 
         ``new_tokens`` is how many tokens the request generates (EOS decided by the caller);
@@ -262,9 +276,12 @@ class TgiScheduler:
             if p.overhead_ms > 0:
                 time.sleep(p.overhead_ms / 1000.0 / self.time_scale)
             if req.timed_out:
-                raise ContainerTimeout(self.timeout_s * 1000.0, self.timeout_s,
-                                       "queued" if req.t_start == 0.0 and req.generated == 0 else "running",
-                                       req.generated)
+                raise ContainerTimeout(
+                    self.timeout_s * 1000.0,
+                    self.timeout_s,
+                    "queued" if req.t_start == 0.0 and req.generated == 0 else "running",
+                    req.generated,
+                )
             return GenTiming(
                 queue_ms=req.t_start - req.t_arr,
                 prefill_ms=req.pf_ms,
@@ -335,9 +352,7 @@ class TgiScheduler:
     def _release_permit(self, permit: Permit) -> None:
         with self._cv:
             req = permit._req
-            if req is not None and req.state in (_QUEUED, _RUNNING) and not (
-                req.timed_out and self.cancel_on_timeout
-            ):
+            if req is not None and req.state in (_QUEUED, _RUNNING) and not (req.timed_out and self.cancel_on_timeout):
                 return  # still working (zombie); the scheduler frees the slot when it ends
             self._free_slot(permit)
 

@@ -55,9 +55,7 @@ def decode_reservation(input_tokens: int, max_new_tokens: int, window: int | Non
 
 def reserved_tokens(input_tokens: int, max_new_tokens: int, p: PerfParams) -> int:
     """R(n) = ceil16(n) + ceil16(max(0, min(W - n, N))): KV tokens a request holds for its whole life."""
-    return ceil_block(input_tokens, p.block) + ceil_block(
-        decode_reservation(input_tokens, max_new_tokens, p.window), p.block
-    )
+    return ceil_block(input_tokens, p.block) + ceil_block(decode_reservation(input_tokens, max_new_tokens, p.window), p.block)
 
 
 def windowed_context(ctx: int, window: int | None) -> int:

@@ -121,7 +121,12 @@ class Emulator:
     def _injected_fault(self, roll: float) -> tuple[int, dict[str, str], bytes] | None:
         f = self.faults
         edges = [
-            (f.server_error, lambda: _model_error(self.endpoint_name, 500, {"error": "Request failed during generation: CUDA error", "error_type": "generation"})),
+            (
+                f.server_error,
+                lambda: _model_error(
+                    self.endpoint_name, 500, {"error": "Request failed during generation: CUDA error", "error_type": "generation"}
+                ),
+            ),
             (f.throttling, lambda: _aws_error(400, "ThrottlingException", None)),
             (f.not_ready, lambda: _aws_error(429, "ModelNotReadyException", "Model is not ready yet")),
         ]
@@ -188,7 +193,9 @@ class Emulator:
                 from sagebatch.tooling.emulator.perf import ContainerTimeout
 
                 try:
-                    self.scheduler.generate(permit, request.input_tokens, completion.generated_tokens, max_new_tokens=request.max_new_tokens)
+                    self.scheduler.generate(
+                        permit, request.input_tokens, completion.generated_tokens, max_new_tokens=request.max_new_tokens
+                    )
                     permit = None
                 except ContainerTimeout:
                     permit = None
@@ -229,8 +236,13 @@ def _timeout_error(endpoint_name: str) -> tuple[int, dict[str, str], bytes]:
         f'from container primary. Review the latency metrics for each container in Amazon CloudWatch, resolve the issue, and try again.". '
         f"See /aws/sagemaker/Endpoints/{endpoint_name} in account {_ACCOUNT} for more information."
     )
-    body = {"ErrorCode": "INTERNAL_FAILURE_FROM_MODEL", "LogStreamArn": _log_stream(endpoint_name), "Message": message,
-            "OriginalMessage": "", "OriginalStatusCode": 0}
+    body = {
+        "ErrorCode": "INTERNAL_FAILURE_FROM_MODEL",
+        "LogStreamArn": _log_stream(endpoint_name),
+        "Message": message,
+        "OriginalMessage": "",
+        "OriginalStatusCode": 0,
+    }
     return 424, {"Content-Type": "application/json", "x-amzn-ErrorType": "ModelError"}, json.dumps(body).encode()
 
 
@@ -243,7 +255,7 @@ class _Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True  # headers and body go out in separate writes; avoid delayed-ACK stalls
     emulator: Emulator  # set on the subclass made per server
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+    def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length)
         match = _INVOKE_PATH.match(self.path.split("?")[0])
@@ -259,7 +271,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         body = b'{"status": "healthy"}' if self.path in ("/ping", "/health") else b"{}"
         self.send_response(200 if self.path in ("/ping", "/health") else 404)
         self.send_header("Content-Type", "application/json")
@@ -289,7 +301,7 @@ class EmulatorServer:
         host, port = self._server.server_address[:2]
         return f"http://{host if isinstance(host, str) else host.decode()}:{port}"
 
-    def start(self) -> "EmulatorServer":
+    def start(self) -> EmulatorServer:
         self._thread.start()
         return self
 
@@ -299,7 +311,7 @@ class EmulatorServer:
         if self.emulator.scheduler is not None:
             self.emulator.scheduler.close()
 
-    def __enter__(self) -> "EmulatorServer":
+    def __enter__(self) -> EmulatorServer:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:

@@ -15,10 +15,38 @@ from sagebatch.domain.tokens import get_tokenizer
 
 # Words that the Mistral v1 tokenizer encodes as exactly one token each (checked at import),
 # so the generated text's token count equals `details.generated_tokens`.
-_WORDS = (
-    "the model reads each prompt and writes a short answer about data time work city river light "
-    "system value result number question reason example paper world water house story field"
-).split()
+_WORDS = [
+    "the",
+    "model",
+    "reads",
+    "each",
+    "prompt",
+    "and",
+    "writes",
+    "a",
+    "short",
+    "answer",
+    "about",
+    "data",
+    "time",
+    "work",
+    "city",
+    "river",
+    "light",
+    "system",
+    "value",
+    "result",
+    "number",
+    "question",
+    "reason",
+    "example",
+    "paper",
+    "world",
+    "water",
+    "house",
+    "story",
+    "field",
+]
 
 
 class TgiError(Exception):
@@ -123,7 +151,9 @@ class Completion:
     finish_reason: str
 
 
-def deterministic_completion(inputs: str, max_new_tokens: int, natural_tokens: tuple[int, int] = (12, 96), eos: bool = True) -> Completion:
+def deterministic_completion(
+    inputs: str, max_new_tokens: int, natural_tokens: tuple[int, int] = (12, 96), eos: bool = True
+) -> Completion:
     """The same input always gives the same text; its length is chosen by a hash, capped by max_new_tokens."""
     digest = hashlib.sha256(inputs.encode("utf-8")).digest()
     low, high = natural_tokens

@@ -27,9 +27,10 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Union
+from typing import Any
 from unittest import mock
 from urllib.parse import unquote, urlparse
 
@@ -68,7 +69,8 @@ class AwsError:
 
 
 THROTTLED = AwsError(
-    "ProvisionedThroughputExceededException", 400,
+    "ProvisionedThroughputExceededException",
+    400,
     "The level of configured provisioned throughput for the table was exceeded. Consider increasing your provisioning level.",
 )
 DYNAMODB_INTERNAL = AwsError("InternalServerError", 500, "Internal server error")
@@ -187,7 +189,7 @@ class After:
     action: Any
 
 
-Action = Union[AwsError, BaseException, type, After, Callable[[SentRequest], Any]]
+Action = AwsError | BaseException | type | After | Callable[[SentRequest], Any]
 
 
 @dataclass
@@ -248,7 +250,7 @@ class Interceptor:
         self._lock = threading.Lock()
 
     @classmethod
-    def of(cls, client: Any) -> "Interceptor":
+    def of(cls, client: Any) -> Interceptor:
         with cls._install_lock:
             interceptor = getattr(client, cls._ATTRIBUTE, None)
             if interceptor is None:
@@ -361,11 +363,13 @@ def forward_then_time_out(sent: SentRequest) -> None:
     """Send the request to the (local) endpoint for real, then act as if the client's read timed out:
     the GPU did the work, the caller never sees the answer."""
     request = urllib.request.Request(
-        sent.url, data=sent.body, method=sent.request.method,
+        sent.url,
+        data=sent.body,
+        method=sent.request.method,
         headers={k: v for k, v in sent.request.headers.items() if k.lower() in ("content-type", "accept")},
     )
     try:
-        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - loopback emulator only
+        with urllib.request.urlopen(request, timeout=30) as response:
             response.read()
     except urllib.error.HTTPError:
         pass
@@ -474,7 +478,9 @@ class CallLog:
 
     def _record(self, http_response: Any, model: Any, context: dict[str, Any], **_: Any) -> None:
         call = Call(
-            model.service_model.service_id.hyphenize(), model.name, context.get(self._KEY, {}),
+            model.service_model.service_id.hyphenize(),
+            model.name,
+            context.get(self._KEY, {}),
             getattr(http_response, "status_code", 0),
         )
         with self._lock:
@@ -487,15 +493,26 @@ class CallLog:
 
     def s3_writes(self, key: str) -> int:
         """Successful writes of `key` (PutObject, or a completed multipart upload)."""
-        return sum(len(self.succeeded("s3", op, lambda p: p.get("Key") == key)) for op in ("PutObject", "CompleteMultipartUpload"))
+        return sum(
+            len(self.succeeded("s3", op, lambda p: p.get("Key") == key)) for op in ("PutObject", "CompleteMultipartUpload")
+        )
 
     def messages_sent(self, queue_url: str, contains: str = "") -> int:
         """Messages successfully sent to `queue_url` whose body contains `contains`."""
-        count = len(self.succeeded("sqs", "SendMessage", lambda p: p.get("QueueUrl") == queue_url and contains in p.get("MessageBody", "")))
+        count = len(
+            self.succeeded(
+                "sqs", "SendMessage", lambda p: p.get("QueueUrl") == queue_url and contains in p.get("MessageBody", "")
+            )
+        )
         with self._lock:
             calls = list(self.calls)
         for call in calls:
-            if call.service == "sqs" and call.operation == "SendMessageBatch" and call.status < 300 and call.params.get("QueueUrl") == queue_url:
+            if (
+                call.service == "sqs"
+                and call.operation == "SendMessageBatch"
+                and call.status < 300
+                and call.params.get("QueueUrl") == queue_url
+            ):
                 count += sum(contains in e.get("MessageBody", "") for e in call.params.get("Entries", []))
         return count
 
@@ -503,8 +520,8 @@ class CallLog:
         """Lines whose result a successful PutObject of a shard's checkpoint or part stored."""
         lines: set[int] = set()
         for call in self.succeeded("s3", "PutObject"):
-            body = call.params.get("Body")
-            if hasattr(body, "getvalue"):  # botocore hands the upload on as a BytesIO
+            body: Any = call.params.get("Body")
+            if body is not None and hasattr(body, "getvalue"):  # botocore hands the upload on as a BytesIO
                 body = body.getvalue()
             if "/parts/" in str(call.params.get("Key", "")) and isinstance(body, (bytes, bytearray)):
                 lines |= _lines_in(bytes(body))

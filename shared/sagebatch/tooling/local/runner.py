@@ -12,11 +12,12 @@ import importlib.util
 import json
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 import boto3
 
@@ -124,7 +125,9 @@ class EventSourcePoller:
             if idle_rounds >= 20 and self._all_source_queues_empty():
                 if done():
                     return
-                raise PipelineStalled(f"every queue is empty but the job is not finished; dead-letter queues: {dlq_depths(self.stack)}")
+                raise PipelineStalled(
+                    f"every queue is empty but the job is not finished; dead-letter queues: {dlq_depths(self.stack)}"
+                )
             time.sleep(0.05)
 
     def _all_source_queues_empty(self) -> bool:

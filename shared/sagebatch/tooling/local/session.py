@@ -4,26 +4,27 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import boto3
 
-from sagebatch.lambdas import service
 from sagebatch.adapters.dynamodb import Table
 from sagebatch.adapters.jobs import DynamoJobStore
 from sagebatch.adapters.objects import S3ObjectStore
 from sagebatch.adapters.results import DynamoCallCacheStore
-from sagebatch.usecases.parts import PartsResultStore
 from sagebatch.domain.job import FINISHED, JobStatus
-from sagebatch.tooling.emulator.server import Emulator, EmulatorConfig
 from sagebatch.domain.layout import errors_key, manifest_key, results_key
-from sagebatch.usecases.intake import S3Drop, retry_job_id
+from sagebatch.lambdas import service
+from sagebatch.tooling.emulator.server import Emulator, EmulatorConfig
 from sagebatch.tooling.local.runner import EventSourcePoller
 from sagebatch.tooling.local.stack import REGION, LocalStack, moto_requests_one_at_a_time, use_fake_aws_environment
 from sagebatch.tooling.local.template import default_template_path, load_template
+from sagebatch.usecases.intake import S3Drop, retry_job_id
+from sagebatch.usecases.parts import PartsResultStore
 
 FINAL_STATES = FINISHED
 
@@ -40,7 +41,8 @@ class LocalRun:
     @property
     def result_store(self) -> PartsResultStore:
         return PartsResultStore(
-            S3ObjectStore(boto3.client("s3", region_name=REGION)), self.stack.bucket,
+            S3ObjectStore(boto3.client("s3", region_name=REGION)),
+            self.stack.bucket,
             DynamoCallCacheStore(Table(boto3.client("dynamodb", region_name=REGION), self.stack.table)),
         )
 

@@ -11,9 +11,10 @@ import json
 import os
 import threading
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import boto3
 
@@ -67,13 +68,15 @@ def moto_requests_one_at_a_time() -> Iterator[None]:
 class LocalStack:
     """Create the stack's resources inside an already started moto mock (`moto.mock_aws`)."""
 
-    def __init__(self, template_path: Path | None = None, parameters: dict[str, Any] | None = None, emulator: Emulator | None = None):
+    def __init__(
+        self, template_path: Path | None = None, parameters: dict[str, Any] | None = None, emulator: Emulator | None = None
+    ):
         self.template_path = template_path or default_template_path()
         self.root = self.template_path.parent
         self.template = load_template(self.template_path)
-        self.parameters = {
-            name: spec.get("Default") for name, spec in self.template.get("Parameters", {}).items()
-        } | (parameters or {})
+        self.parameters = {name: spec.get("Default") for name, spec in self.template.get("Parameters", {}).items()} | (
+            parameters or {}
+        )
         self.suffix = uuid.uuid4().hex[:8]
         self.physical: dict[str, dict[str, str]] = {}  # logical id -> {"Ref": ..., "Arn": ..., ...}
         self.emulator_server = EmulatorServer(emulator or Emulator(endpoint_name=str(self.parameters["EndpointName"])))
@@ -81,11 +84,13 @@ class LocalStack:
     # -- references ------------------------------------------------------------------------
     def resolve(self, value: Any) -> Any:
         if isinstance(value, dict) and len(value) == 1:
-            (kind, arg), = value.items()
+            ((kind, arg),) = value.items()
             if kind == "Ref":
                 if arg in self.parameters:
                     return self.parameters[arg]
-                return {"AWS::AccountId": ACCOUNT, "AWS::Region": REGION, "AWS::Partition": "aws"}.get(arg) or self.physical[arg]["Ref"]
+                return {"AWS::AccountId": ACCOUNT, "AWS::Region": REGION, "AWS::Partition": "aws"}.get(arg) or self.physical[arg][
+                    "Ref"
+                ]
             if kind == "Fn::GetAtt":
                 return self.physical[arg[0]][arg[1]]
             if kind == "Fn::Sub" and isinstance(arg, str):
@@ -114,7 +119,7 @@ class LocalStack:
         return {k: v for k, v in self.template["Resources"].items() if v["Type"] == kind}
 
     # -- creation --------------------------------------------------------------------------
-    def create(self) -> "LocalStack":
+    def create(self) -> LocalStack:
         self._create_queues()
         self._create_tables()
         self._create_buckets()
@@ -134,7 +139,13 @@ class LocalStack:
             props = dict(queues[logical].get("Properties", {}))
             name = f"sagebatch-{self.suffix}-{logical}"
             attributes = {}
-            for key in ("VisibilityTimeout", "MessageRetentionPeriod", "MaximumMessageSize", "DelaySeconds", "ReceiveMessageWaitTimeSeconds"):
+            for key in (
+                "VisibilityTimeout",
+                "MessageRetentionPeriod",
+                "MaximumMessageSize",
+                "DelaySeconds",
+                "ReceiveMessageWaitTimeSeconds",
+            ):
                 if key in props:
                     attributes[key] = str(self.resolve(props[key]))
             if "RedrivePolicy" in props:
@@ -169,18 +180,30 @@ class LocalStack:
             if "VersioningConfiguration" in props:
                 s3.put_bucket_versioning(Bucket=name, VersioningConfiguration=props["VersioningConfiguration"])
             if "BucketEncryption" in props:
-                s3.put_bucket_encryption(Bucket=name, ServerSideEncryptionConfiguration={"Rules": [
-                    {"ApplyServerSideEncryptionByDefault": rule["ServerSideEncryptionByDefault"]}  # CFN and API spell it differently
-                    for rule in props["BucketEncryption"]["ServerSideEncryptionConfiguration"]
-                ]})
+                s3.put_bucket_encryption(
+                    Bucket=name,
+                    ServerSideEncryptionConfiguration={
+                        "Rules": [
+                            {
+                                "ApplyServerSideEncryptionByDefault": rule["ServerSideEncryptionByDefault"]
+                            }  # CFN and API spell it differently
+                            for rule in props["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+                        ]
+                    },
+                )
             notification = props.get("NotificationConfiguration", {})
             if notification:
                 queue_configs = [
-                    {"QueueArn": self.resolve(q["Queue"]), "Events": [q["Event"]],
-                     "Filter": {"Key": {"FilterRules": q["Filter"]["S3Key"]["Rules"]}} if "Filter" in q else {}}
+                    {
+                        "QueueArn": self.resolve(q["Queue"]),
+                        "Events": [q["Event"]],
+                        "Filter": {"Key": {"FilterRules": q["Filter"]["S3Key"]["Rules"]}} if "Filter" in q else {},
+                    }
                     for q in notification.get("QueueConfigurations", [])
                 ]
-                s3.put_bucket_notification_configuration(Bucket=name, NotificationConfiguration={"QueueConfigurations": queue_configs})
+                s3.put_bucket_notification_configuration(
+                    Bucket=name, NotificationConfiguration={"QueueConfigurations": queue_configs}
+                )
 
     def _create_notification_targets(self) -> None:
         """The bus and topic job events go to (EventBusName, NotificationTopicArn). On AWS both exist outside the

@@ -32,7 +32,7 @@ _CfnLoader.add_multi_constructor("!", _intrinsic)
 
 def load_template(path: Path) -> dict[str, Any]:
     with open(path, encoding="utf-8") as handle:
-        return yaml.load(handle, Loader=_CfnLoader)  # noqa: S506 - SafeLoader subclass
+        return yaml.load(handle, Loader=_CfnLoader)
 
 
 def default_template_path() -> Path:
@@ -66,7 +66,8 @@ def sqs_triggers(template: dict[str, Any], root: Path) -> list[SqsTrigger]:
             queue = ep["Queue"]["Fn::GetAtt"][0]
             concurrency = (ep.get("ScalingConfig") or {}).get("MaximumConcurrency")
             triggers.append(
-                SqsTrigger(name, handler_path, queue, int(ep.get("BatchSize", 10)),
-                           concurrency if isinstance(concurrency, int) else None)
+                SqsTrigger(
+                    name, handler_path, queue, int(ep.get("BatchSize", 10)), concurrency if isinstance(concurrency, int) else None
+                )
             )
     return triggers

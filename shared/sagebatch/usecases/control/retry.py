@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from array import array
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 from sagebatch.domain.job import FINISHED, Job, JobStatus
 from sagebatch.domain.results import ResultLine
@@ -51,7 +51,7 @@ class Lineage:
     def window(self, first_line: int, lines: int) -> tuple[list[int], list[int]]:
         """The entries of child lines first_line .. first_line + lines - 1."""
         start = first_line - 1
-        return self.parent_lines[start:start + lines].tolist(), self.default_ids[start:start + lines].tolist()
+        return self.parent_lines[start : start + lines].tolist(), self.default_ids[start : start + lines].tolist()
 
 
 def retry_lineage(parent_results: Iterable[ResultLine]) -> Lineage:

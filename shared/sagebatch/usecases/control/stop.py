@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from sagebatch.domain.job import Job
 from sagebatch.domain.results import StopReason
