@@ -285,6 +285,20 @@ def test_results_failed_only_streams_the_lines_that_did_not_succeed(deployed, tm
     assert [(r["line"], r["status"]) for r in lines] == [(2, "failed"), (4, "failed")]
 
 
+def test_results_partial_streams_the_finished_shards_parts_in_line_order(deployed, tmp_path, capsys):
+    # Given a job that ran (its shards' parts are what a running job shows as it goes)
+    job_id = finished_job(deployed, capsys, write(tmp_path / "four.jsonl", prompts(4)))
+    capsys.readouterr()
+
+    # When its partial results are streamed
+    code = sagebatch("results", job_id, "--stack", STACK, "--partial")
+
+    # Then every finished line comes out once, in line order, in the native shape
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert code == 0
+    assert [(r["line"], r["id"], r["status"]) for r in lines] == [(n, f"p{n}", "succeeded") for n in range(1, 5)]
+
+
 def test_results_of_an_unfinished_job_say_when_they_come(deployed, capsys):
     # Given a job that is still running
     boto3.client("s3").put_object(Bucket=deployed.stack.bucket, Key="staging/busy.jsonl", Body=prompts(2))
@@ -365,7 +379,6 @@ def test_list_since_leaves_out_older_jobs(deployed, tmp_path, capsys):
         (["submit", "PLACEHOLDER", "--stack", STACK, "--param", "max_new_tokens"], "--param takes KEY=VALUE"),
         (["submit", "PLACEHOLDER", "--stack", STACK, "--param", "top_k=many"], "bad --param: top_k"),
         (["submit", "PLACEHOLDER", "--stack", STACK, "--deadline", "999999"], "deadline_s"),
-        (["results", "some-job", "--stack", STACK, "--partial"], "--partial is not available yet"),
         (["list", "--stack", STACK, "--since", "last week"], "--since takes a duration"),
         (["watch", "some-job", "--stack", STACK, "--interval", "soon"], "Invalid value for '--interval'"),
     ],
@@ -375,7 +388,6 @@ def test_list_since_leaves_out_older_jobs(deployed, tmp_path, capsys):
         "param-without-value",
         "bad-param",
         "deadline-too-long",
-        "partial",
         "bad-since",
         "bad-interval",
     ],

@@ -315,8 +315,11 @@ class InMemoryLimiterStore:
         """Take new caps (this environment's share of the endpoint changed): the limit is clamped into the new
         bounds, requests in flight above a smaller cap simply finish, and waiters that now fit are admitted."""
         with self._lock:
+            grew = settings.max_inflight > self.settings.max_inflight
             self.settings = settings
-            limit = min(max(self._state.limit, settings.min_limit), settings.max_limit)
+            # A larger share starts at least where a limiter of that size would (no slow start from a small share).
+            limit = max(self._state.limit, settings.initial_limit) if grew else self._state.limit
+            limit = min(max(limit, settings.min_limit), settings.max_limit)
             if limit != self._state.limit:
                 self._state = replace(self._state, limit=limit, version=self._state.version + 1)
             self._dispatch()

@@ -57,7 +57,11 @@ class SlotShare:
             # Alone, there is no one to wait for; beside others, wait until they have seen us and shrunk.
             newcomer = sharers > 1 and now - self._joined_at < self.refresh_s
             slots = min(self.newcomer_slots, self.cap) if newcomer else max(1, self.cap // sharers)
-            settings = LimiterSettings.for_endpoint(slots, margin=0, sharers=1, **self.overrides)
+            # The long-prompt bulkhead (what TGI's KV cache holds of 6,400-token prompts) is the endpoint's, not
+            # each environment's: divided too.
+            long_slots = 1 if newcomer else max(1, LimiterSettings().max_long_inflight or 8) // sharers
+            values: dict[str, Any] = {"max_long_inflight": max(1, long_slots), **self.overrides}
+            settings = LimiterSettings.for_endpoint(slots, margin=0, sharers=1, **values)
             if settings != self.store.settings:
                 self.store.resize(settings)
             self.sharers = sharers

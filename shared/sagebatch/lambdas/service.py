@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
+from typing import TypeVar
 
 from sagebatch.adapters.dynamodb import Table
 from sagebatch.adapters.environments import DynamoEnvironmentRegistry
@@ -27,6 +31,23 @@ from sagebatch.usecases.intake import Intake
 from sagebatch.usecases.parts import PartsResultStore
 from sagebatch.usecases.record_runner import RecordRunner
 from sagebatch.usecases.worker import ShardProcessor
+
+T = TypeVar("T")
+_BUILDING = threading.RLock()
+
+
+def _once(builder: Callable[[], T]) -> Callable[[], T]:
+    """Build once per environment, even when several threads ask at once (lru_cache alone may build twice: the
+    local stack runs several invocations of one function in parallel in one process)."""
+    cached = lru_cache(maxsize=1)(builder)
+
+    @functools.wraps(builder)
+    def build() -> T:
+        with _BUILDING:
+            return cached()
+
+    build.cache_clear = cached.cache_clear  # type: ignore[attr-defined]
+    return build
 
 
 def _table() -> Table:
@@ -52,7 +73,7 @@ def job_events() -> EventBridgeJobEvents:
     return EventBridgeJobEvents(client("events"), settings.event_bus_name, client("sns") if topic else None, topic)
 
 
-@lru_cache(maxsize=1)
+@_once
 def intake() -> Intake:
     settings = get_settings()
     return Intake(
@@ -66,7 +87,7 @@ def intake() -> Intake:
     )
 
 
-@lru_cache(maxsize=1)
+@_once
 def endpoint_caller() -> MeteredCaller:
     """The execution environment's one caller (limiter + retries), shared by the worker's threads; the worker's
     handler reads its counters and limit after each invocation (sagebatch.lambdas.telemetry)."""
@@ -81,7 +102,7 @@ def endpoint_caller() -> MeteredCaller:
     )
 
 
-@lru_cache(maxsize=1)
+@_once
 def slot_share() -> SlotShare:
     """This environment's share of the endpoint's concurrency (sagebatch.endpoint.share)."""
     settings = get_settings()
@@ -90,7 +111,7 @@ def slot_share() -> SlotShare:
     return SlotShare(DynamoEnvironmentRegistry(_table(), settings.endpoint_name), store, settings.endpoint_max_concurrency)
 
 
-@lru_cache(maxsize=1)
+@_once
 def worker_invocation() -> WorkerInvocation:
     """Runs an invocation's shards together and takes more from the work queue while it has room."""
     settings = get_settings()
@@ -105,7 +126,7 @@ def wants_more_work() -> bool:
     return waiting < max(1, store.settings.max_inflight // 2)
 
 
-@lru_cache(maxsize=1)
+@_once
 def shard_processor() -> ShardProcessor:
     settings = get_settings()
     # Threads for every slot the endpoint has: an environment alone may hold the whole share (SlotShare).
@@ -133,7 +154,7 @@ def shard_processor() -> ShardProcessor:
     )
 
 
-@lru_cache(maxsize=1)
+@_once
 def finalizer() -> Finalizer:
     return Finalizer(jobs(), results(), S3ObjectStore(client("s3")), get_settings(), events=job_events())
 
@@ -142,6 +163,7 @@ def reset() -> None:
     """Forget everything built from settings and clients (tests and each local run)."""
     from sagebatch.lambdas.clients import reset_clients
 
-    for cached in (intake, endpoint_caller, shard_processor, slot_share, worker_invocation, finalizer, get_settings):
-        cached.cache_clear()
+    for built in (intake, endpoint_caller, shard_processor, slot_share, worker_invocation, finalizer):
+        built.cache_clear()  # type: ignore[attr-defined]
+    get_settings.cache_clear()
     reset_clients()

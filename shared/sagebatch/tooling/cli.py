@@ -371,7 +371,12 @@ def results(
         typer.Option("--out", "-o", metavar="FILE|-", show_default=False, help="write to FILE (default, or -: stdout)"),
     ] = None,
     failed_only: Annotated[bool, typer.Option("--failed-only", help="only the lines whose status is not succeeded")] = False,
-    partial: Annotated[bool, typer.Option("--partial", help="results of a running job (not available yet)")] = False,
+    partial: Annotated[
+        bool,
+        typer.Option(
+            "--partial", help="the results of the shards finished so far, in line order (native format), while the job runs"
+        ),
+    ] = False,
     stack: Stack = None,
     region: Region = None,
 ) -> int:

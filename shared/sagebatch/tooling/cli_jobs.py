@@ -26,24 +26,22 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 
 from sagebatch.adapters.dynamodb import Table
 from sagebatch.adapters.jobs import DynamoJobStore
+from sagebatch.adapters.objects import S3ObjectStore
 from sagebatch.adapters.queues import SqsDeadLetterQueues, SqsMessageSender, region_of_queue_url
-from sagebatch.domain.formats import native_fields
+from sagebatch.domain.formats import dumps_line, native_fields
 from sagebatch.domain.job import Job, JobStatus
 from sagebatch.domain.layout import results_key, s3_uri
 from sagebatch.domain.messages import JOB_ID_PATTERN, CancelRequest, JobSpec, RetryRequest
 from sagebatch.tooling.cli_args import ExitCode, UsageProblem, parse_fit, parse_params, parse_since
 from sagebatch.tooling.cli_view import WatchDisplay, job_table, jobs_table, stdout_console
 from sagebatch.tooling.stack_outputs import DeadLetterQueue, StackNotUsable, StackOutputs, read_stack_outputs, stack_ref
+from sagebatch.usecases.parts import PartsResultStore
 
 # Local files are uploaded here, outside inputs/: a file under inputs/ starts a job of its own through the bucket's
 # S3 notification (with the stack's defaults), and the job message sent for it would start a second one.
 UPLOADS_PREFIX = "uploads/"
 # How long `watch` waits for a job that does not exist yet (intake creates it within seconds of the message).
 APPEAR_GRACE_S = 60.0
-PARTIAL_NOT_AVAILABLE = (
-    "--partial is not available yet: results.jsonl exists only once the job has finished and "
-    "the finalizer has written it, and partial results of a running job are not built yet"
-)
 
 STATUS_EXIT = {
     JobStatus.COMPLETED: ExitCode.OK,
@@ -315,18 +313,25 @@ def _to_stdout(lines: Iterator[bytes]) -> None:
 def results_command(
     target: StackTarget, job_id: str, out: str | None = None, failed_only: bool = False, partial: bool = False
 ) -> int:
-    """Stream outputs/JOB/results.jsonl to stdout (`--out -`, the default) or to a file."""
-    if partial:
-        raise UsageProblem(PARTIAL_NOT_AVAILABLE)
+    """Stream outputs/JOB/results.jsonl to stdout (`--out -`, the default) or to a file; with `partial`, the results
+    of the shards finished so far (a running job's parts), in line order and in the native format."""
     _check_job_id(job_id)
     outputs = target.outputs()
-    try:
-        body = aws("s3", outputs.region).get_object(Bucket=outputs.bucket, Key=results_key(job_id))["Body"]
-    except ClientError as error:
-        if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-            return _missing_results(target, job_id)
-        raise
-    lines = (line for line in _lines(body) if not failed_only or _is_failure(line))
+    if partial:
+        parts = PartsResultStore(S3ObjectStore(aws("s3", outputs.region)), outputs.bucket, _NoCallCache())
+        lines: Iterator[bytes] = (
+            (dumps_line(result.public_json()) + "\n").encode("utf-8")
+            for result in parts.results(job_id)
+            if not failed_only or result.status != "succeeded"
+        )
+    else:
+        try:
+            body = aws("s3", outputs.region).get_object(Bucket=outputs.bucket, Key=results_key(job_id))["Body"]
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return _missing_results(target, job_id)
+            raise
+        lines = (line for line in _lines(body) if not failed_only or _is_failure(line))
     if out in (None, "-"):
         _to_stdout(lines)
         return ExitCode.OK
@@ -424,3 +429,10 @@ def redrive_command(
     else:
         print(f"moved {outcome.moved} messages from {dlq} to {to or 'its source queue'}")
     return ExitCode.OK
+
+
+class _NoCallCache:
+    """Reading parts needs no chunk answers."""
+
+    def call_cache(self, job_id: str, line: int) -> Any:
+        raise NotImplementedError("the CLI reads results, it does not answer records")
