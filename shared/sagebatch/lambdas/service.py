@@ -6,8 +6,7 @@ import functools
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from functools import lru_cache
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 from sagebatch.adapters.dynamodb import Table
 from sagebatch.adapters.environments import DynamoEnvironmentRegistry
@@ -36,18 +35,24 @@ T = TypeVar("T")
 _BUILDING = threading.RLock()
 
 
-def _once(builder: Callable[[], T]) -> Callable[[], T]:
+class _once(Generic[T]):
     """Build once per environment, even when several threads ask at once (lru_cache alone may build twice: the
     local stack runs several invocations of one function in parallel in one process)."""
-    cached = lru_cache(maxsize=1)(builder)
 
-    @functools.wraps(builder)
-    def build() -> T:
+    def __init__(self, builder: Callable[[], T]):
+        self._builder = builder
+        self._built: list[T] = []
+        functools.update_wrapper(self, builder)
+
+    def __call__(self) -> T:
         with _BUILDING:
-            return cached()
+            if not self._built:
+                self._built.append(self._builder())
+            return self._built[0]
 
-    build.cache_clear = cached.cache_clear  # type: ignore[attr-defined]
-    return build
+    def cache_clear(self) -> None:
+        with _BUILDING:
+            self._built.clear()
 
 
 def _table() -> Table:
@@ -164,6 +169,6 @@ def reset() -> None:
     from sagebatch.lambdas.clients import reset_clients
 
     for built in (intake, endpoint_caller, shard_processor, slot_share, worker_invocation, finalizer):
-        built.cache_clear()  # type: ignore[attr-defined]
+        built.cache_clear()
     get_settings.cache_clear()
     reset_clients()
