@@ -15,24 +15,10 @@ import json
 import random
 from typing import Any
 
+from sagebatch.domain.parameters import TGI_PARAMETERS
+
 FIELDS = ["id", "prompt", "messages", "inputs", "document", "instruction", "system", "parameters", "fit"]
-PARAMETERS = [
-    "max_new_tokens",
-    "temperature",
-    "top_p",
-    "typical_p",
-    "top_k",
-    "repetition_penalty",
-    "do_sample",
-    "best_of",
-    "stop",
-    "truncate",
-    "seed",
-    "watermark",
-    "top_n_tokens",
-    "decoder_input_details",
-    "max_tokens",
-]
+PARAMETERS = [*sorted(TGI_PARAMETERS), "max_tokens"]  # and one TGI does not know
 FIT = ["strategy", "keep", "chunk_tokens", "overlap_tokens", "min_new_tokens"]
 STRATEGIES = ["truncate", "split", "map_reduce", "window", "reject", "bogus"]
 TEXTS = [
@@ -254,3 +240,18 @@ def peer_lines(seed: int, count: int, fmt: str) -> list[bytes]:
     else:
         first = {"recordId": "first", "modelInput": {"prompt": "<s>[INST] Say hello. [/INST]", "max_tokens": 16}}
     return [json.dumps(first).encode(), *(peer_line(rng, fmt) for _ in range(count - 1))]
+
+
+# What a line may fail as when nothing is wrong on our side: every error a line itself can cause, before any call.
+KNOWN_ERRORS = frozenset(
+    {
+        "invalid_json",
+        "invalid_utf8",
+        "empty_line",
+        "line_too_large",
+        "invalid_record",
+        "invalid_parameters",
+        "unsupported_strategy",
+        "context_length_exceeded",
+    }
+)

@@ -7,19 +7,9 @@ import json
 import pytest
 
 from sagebatch.tooling import cli
-from tests.fuzz.lines import lines
+from tests.fuzz.lines import KNOWN_ERRORS, lines
 
 FUZZ_LINES = 2000
-KNOWN_ERRORS = {
-    "invalid_json",
-    "invalid_utf8",
-    "empty_line",
-    "line_too_large",
-    "invalid_record",
-    "invalid_parameters",
-    "unsupported_strategy",
-    "context_length_exceeded",
-}
 
 
 @pytest.fixture(scope="module")

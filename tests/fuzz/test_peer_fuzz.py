@@ -24,19 +24,9 @@ from sagebatch.domain.tokens import get_tokenizer
 from sagebatch.fakes import FakeEndpointCaller
 from sagebatch.tooling import cli
 from sagebatch.usecases.record_runner import RecordRunner
-from tests.fuzz.lines import peer_line, peer_lines
+from tests.fuzz.lines import KNOWN_ERRORS, peer_line, peer_lines
 
 FUZZ_LINES = 400
-KNOWN_ERRORS = {
-    "invalid_json",
-    "invalid_utf8",
-    "empty_line",
-    "line_too_large",
-    "invalid_record",
-    "invalid_parameters",
-    "unsupported_strategy",
-    "context_length_exceeded",
-}
 
 
 @pytest.fixture(scope="module")
