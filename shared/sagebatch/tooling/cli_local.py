@@ -63,6 +63,7 @@ def run_command(options: RunOptions) -> int:
     """Exit 0 when the job finished (COMPLETED, or FAILED as a job, e.g. an unreadable input), whatever its
     records' outcomes; 1 when it could not finish (stalled, timed out, proxy unreachable)."""
     from sagebatch.observability import logger
+    from sagebatch.tooling.local.progress import live_progress
     from sagebatch.tooling.local.runner import PipelineStalled
     from sagebatch.tooling.local.session import run_file
 
@@ -74,7 +75,7 @@ def run_command(options: RunOptions) -> int:
         logger.setLevel("WARNING")  # the handlers' JSON log lines would drown the summary
     started = time.monotonic()
     try:
-        manifest = run_file(options.file, options.out, timeout_s=options.timeout, emulator=config)
+        manifest = run_file(options.file, options.out, timeout_s=options.timeout, emulator=config, watch=live_progress)
     except (PipelineStalled, TimeoutError) as error:
         print(f"the job did not finish: {error}", file=sys.stderr)
         return ExitCode.ERROR

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -140,14 +140,22 @@ def _endpoint_name(template_path: Path | None, parameters: dict[str, Any] | None
     return str(template["Parameters"]["EndpointName"]["Default"])
 
 
-def run_file(path: Path, out_dir: Path, timeout_s: float = 600, emulator: EmulatorConfig | None = None) -> dict[str, Any]:
+def run_file(
+    path: Path,
+    out_dir: Path,
+    timeout_s: float = 600,
+    emulator: EmulatorConfig | None = None,
+    watch: Callable[[LocalRun, str], AbstractContextManager[None]] | None = None,
+) -> dict[str, Any]:
     """Drop FILE into the local stack's bucket, run the job to the end, copy its outputs to OUT_DIR.
 
-    `emulator` configures the endpoint emulator (fault knobs, perf model, proxy to a real model server).
+    `emulator` configures the endpoint emulator (fault knobs, perf model, proxy to a real model server); `watch`,
+    if given, is entered around the run (the CLI's live progress line).
     """
     with local_stack(emulator=emulator) as run:
         job_id = run.drop_file(path.read_bytes(), f"inputs/{path.name}")
-        status = run.wait_for(job_id, timeout_s)
+        with watch(run, job_id) if watch is not None else nullcontext():
+            status = run.wait_for(job_id, timeout_s)
         out_dir.mkdir(parents=True, exist_ok=True)
         manifest = run.manifest(job_id)
         (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
