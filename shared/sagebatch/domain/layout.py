@@ -54,7 +54,3 @@ def assembly_key(job_id: str) -> str:
 
 def s3_uri(bucket: str, key: str) -> str:
     return f"s3://{bucket}/{key}"
-
-
-def large_result_key(job_id: str, line: int) -> str:
-    return f"outputs/{job_id}/records/{line:012d}.json"

@@ -20,6 +20,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
+from sagebatch.domain.errors import describe_validation_error
 from sagebatch.domain.job import JobStatus
 from sagebatch.tooling.cli_args import UsageProblem, output_directory, parse_rate, positive_seconds
 from sagebatch.tooling.cli_args import queue_url as checked_queue_url
@@ -564,7 +565,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as error:
         _usage_error(
             _command_name(args),
-            "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'message'}: {e['msg']}" for e in error.errors()),
+            describe_validation_error(error, "message"),
         )
     except _click_exception() as error:
         ctx = getattr(error, "ctx", None)
