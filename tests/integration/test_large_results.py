@@ -65,3 +65,40 @@ def test_a_split_whose_chunk_outputs_pass_400_kb_is_answered_whole(stack):
     assert status == "COMPLETED"
     assert result["status"] == "succeeded" and result["chunks"] == len(result["chunk_outputs"]) > 1
     assert len(first.encode("utf-8")) > 400_000
+
+
+def test_one_file_holding_every_reproduction_finishes_with_one_result_per_line(stack):
+    # Given ordinary lines around the four reproductions in one file: a float id, a lone surrogate escape,
+    # a strategy that does not apply to the shape, and a split whose chunk outputs pass 400 KB
+    document = "".join(f"Crate {n} hums in the dark tunnel while the night shift counts it. " for n in range(60_000))
+    split = {
+        "instruction": "Repeat the notes.",
+        "document": document,
+        "fit": {"strategy": "split", "chunk_tokens": 2048},
+        "parameters": {"max_new_tokens": 4096},
+    }
+    lines = [
+        {"prompt": "a"},
+        '{"id": 1.5, "prompt": "x"}',
+        '{"prompt": "\\ud800 hi"}',
+        {"prompt": "short", "fit": {"strategy": "window"}},
+        split,
+        {"prompt": "b"},
+    ]
+    job_id = stack.drop_file(jsonl(*lines), "inputs/every-reproduction.jsonl")
+
+    # When the job runs
+    status = stack.wait_for(job_id)
+
+    # Then it completes with one result per line, the ordinary lines and the split answered
+    text = stack.read(f"outputs/{job_id}/results.jsonl").decode("utf-8")
+    results = [json.loads(line) for line in text.splitlines()]
+    assert status == "COMPLETED" and len(text.splitlines()) == len(text.rstrip("\n").split("\n")) == 6
+    assert [(r["line"], r["status"], (r["error"] or {}).get("type")) for r in results] == [
+        (1, "succeeded", None),
+        (2, "failed", "invalid_record"),
+        (3, "failed", "invalid_json"),
+        (4, "failed", "unsupported_strategy"),
+        (5, "succeeded", None),
+        (6, "succeeded", None),
+    ]
