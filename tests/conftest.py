@@ -11,6 +11,7 @@ from typing import Any
 
 import boto3
 import pytest
+from hypothesis import settings
 
 from sagebatch.endpoint.sagemaker import runtime_client_config
 from sagebatch.tooling.emulator.server import Emulator, EmulatorServer
@@ -20,6 +21,11 @@ from sagebatch.tooling.local.stack import use_fake_aws_environment
 ROOT = Path(__file__).resolve().parents[1]
 
 use_fake_aws_environment()
+
+# Property tests check behaviour, not speed: two xdist workers on two cores, beside moto-backed tests, can make an
+# example take longer than hypothesis's 200 ms deadline without anything being wrong.
+settings.register_profile("sagebatch", deadline=None)
+settings.load_profile("sagebatch")
 
 
 @pytest.fixture

@@ -29,9 +29,10 @@ from pydantic import BaseModel
 from sagebatch.domain.budget import TokenBudget
 from sagebatch.domain.events import JobStateChange
 from sagebatch.domain.generation import EndpointError, ErrorKind, Generation
-from sagebatch.domain.job import ACTIVE, Job, JobStatus, ShardCounts, sources
+from sagebatch.domain.job import ACTIVE, IntakeProgress, Job, JobStatus, ShardCounts, sources
 from sagebatch.domain.messages import FinalizeRequest, Shard
 from sagebatch.domain.results import StopReason
+from sagebatch.domain.time_budget import TimeBudget
 from sagebatch.domain.tokens import MistralTokenizer, get_tokenizer
 from sagebatch.ports import (
     EndpointCaller,
@@ -42,6 +43,7 @@ from sagebatch.ports import (
     ObjectInfo,
     PublishFailed,
     SendFailed,
+    UploadGone,
     WorkItem,
 )
 from sagebatch.settings import Settings
@@ -106,6 +108,14 @@ class InMemoryJobStore:
                 JobStatus.RUNNING,
                 {"total_records": total_records, "total_shards": total_shards, "started_at": self._clock(), **pinned},
             )
+
+    def save_intake_progress(self, job_id: str, progress: IntakeProgress) -> bool:
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None or job.status != JobStatus.CREATING:
+                return False
+            self._jobs[job_id] = job.model_copy(update={"intake_progress": progress.model_copy()})
+            return True
 
     def request_stop(self, job_id: str, reason: StopReason) -> tuple[Job | None, bool]:
         with self._lock:
@@ -349,14 +359,13 @@ class InMemoryObjectStore:
         for span, _ in self._split(info):
             yield span
 
-    def lines(self, info: ObjectInfo) -> Iterator[bytes]:
-        for _, line in self._split(info):
+    def lines(self, info: ObjectInfo, start: int = 0) -> Iterator[bytes]:
+        for _, line in self._split(info, start):
             yield line
 
-    def _split(self, info: ObjectInfo) -> Iterator[tuple[LineSpan, bytes]]:
+    def _split(self, info: ObjectInfo, start: int = 0) -> Iterator[tuple[LineSpan, bytes]]:
         # A generator, so that (as with the adapter's streamed read) a read error surfaces at the first line.
         body = self._get(info)
-        start = 0
         while (newline := body.find(b"\n", start)) != -1:
             yield LineSpan(start, newline + 1), body[start:newline]
             start = newline + 1
@@ -407,6 +416,8 @@ class InMemoryObjectStore:
         if not 1 <= number <= 10_000:
             raise ValueError(f"part number {number} is outside 1..10000")
         with self._lock:
+            if upload_id not in self._uploads:
+                raise UploadGone(f"multipart upload {upload_id} no longer exists")
             parts = self._uploads[upload_id][3]
             etag = '"' + hashlib.md5(body, usedforsecurity=False).hexdigest() + '"'
             parts[number] = (etag, bytes(body))
@@ -414,6 +425,8 @@ class InMemoryObjectStore:
 
     def complete_multipart(self, bucket: str, key: str, upload_id: str, etags: list[str]) -> None:
         with self._lock:
+            if upload_id not in self._uploads:
+                raise UploadGone(f"multipart upload {upload_id} no longer exists")
             _, _, content_type, parts = self._uploads.pop(upload_id)
         numbers = list(range(1, len(etags) + 1))
         if [parts[n][0] if n in parts else None for n in numbers] != etags:
@@ -535,17 +548,17 @@ class InMemoryEnvironmentRegistry:
     """sagebatch.ports.EnvironmentRegistry over a dict."""
 
     def __init__(self) -> None:
-        self._until: dict[str, float] = {}
+        self._until: dict[str, tuple[float, int]] = {}
         self._lock = threading.Lock()
 
-    def heartbeat(self, environment: str, until: float, now: float) -> int:
+    def heartbeat(self, environment: str, until: float, now: float, holding: int) -> dict[str, int]:
         with self._lock:
-            self._until[environment] = until
-            return sum(1 for expiry in self._until.values() if expiry > now)
+            self._until[environment] = (until, holding)
+            return {name: held for name, (expiry, held) in self._until.items() if expiry > now}
 
     def leave(self, environment: str) -> None:
         with self._lock:
-            self._until[environment] = 0.0
+            self._until[environment] = (0.0, 0)
 
 
 class RecordingMessageSender(InMemoryQueue):
@@ -681,7 +694,9 @@ class FakeEndpointCaller:
                 )
             )
 
-    def invoke(self, payload: dict[str, Any], cost_tokens: int) -> Generation:
+    def invoke(self, payload: dict[str, Any], cost_tokens: int, budget: TimeBudget | None = None) -> Generation:
+        if budget is not None:
+            budget.check_call()  # as AdaptiveCaller: no call starts without the time for it (OutOfTime)
         with self._lock:
             number = len(self.calls) + 1
             failure = next((f for f in self._failures if f.matches(payload, number)), None)
@@ -732,6 +747,8 @@ class FakeAws:
     finalize_dlq: InMemoryQueue
     endpoint: FakeEndpointCaller
     events: InMemoryJobEvents = field(default_factory=InMemoryJobEvents)
+    # Intake's own queue, as far as intake sends to it: a long enqueue's `resume_intake` messages (`drive` runs them).
+    intake: InMemoryQueue = field(default_factory=lambda: InMemoryQueue("intake"))
     _message_ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
     @classmethod
@@ -816,7 +833,7 @@ def build_pipeline(
     runner = build_runner(caller or aws.endpoint, settings, call_pool, tokenizer)
     return Pipeline(
         aws=aws,
-        intake=Intake(aws.jobs, aws.leases, aws.objects, aws.work, aws.finalize, settings, events=aws.events),
+        intake=Intake(aws.jobs, aws.leases, aws.objects, aws.work, aws.finalize, settings, events=aws.events, resume=aws.intake),
         worker=ShardProcessor(
             aws.jobs,
             aws.results,
@@ -852,7 +869,8 @@ class DriveReport:
 
 def drive(aws: FakeAws, *messages: str | Mapping[str, Any], pipeline: Pipeline | None = None, strict: bool = True) -> DriveReport:
     """Run intake on each message (a JSON body, or a dict to serialise), then deliver every queued shard to the
-    worker and every finalize message to the finalizer until both queues are empty.
+    worker, every finalize message to the finalizer (and every `resume_intake` intake sent itself back to intake)
+    until the queues are empty.
 
     A delivery that raises one of COMES_BACK is received again later, as SQS would after its visibility timeout
     (the worker's 4th receive is its final attempt), and is dead-lettered after its 5th receive. With `strict`,
@@ -867,7 +885,10 @@ def drive(aws: FakeAws, *messages: str | Mapping[str, Any], pipeline: Pipeline |
             body = message if isinstance(message, str) else json.dumps(dict(message))
             report.intake += use.intake.handle_message(body, aws.next_message_id())
         while True:
-            if (delivery := aws.work.receive()) is not None:
+            if (delivery := aws.intake.receive()) is not None:  # a long enqueue going on
+                resume = partial(_run_intake, use.intake, delivery.body, aws.next_message_id(), report)
+                _deliver(aws.intake, InMemoryQueue("intake-dlq"), delivery, resume, report, strict)
+            elif (delivery := aws.work.receive()) is not None:
                 report.shard_deliveries += 1
                 shard = Shard.model_validate_json(delivery.body)
                 final = delivery.receive_count >= FINAL_ATTEMPT_RECEIVE_COUNT
@@ -883,6 +904,10 @@ def drive(aws: FakeAws, *messages: str | Mapping[str, Any], pipeline: Pipeline |
     finally:
         if own:
             use.close()
+
+
+def _run_intake(intake: Intake, body: str, message_id: str, report: DriveReport) -> None:
+    report.intake.extend(intake.handle_message(body, message_id))
 
 
 def _deliver(

@@ -15,8 +15,9 @@ from pydantic import BaseModel
 
 from sagebatch.domain.events import JobStateChange
 from sagebatch.domain.generation import Generation
-from sagebatch.domain.job import Job, JobStatus, ShardCounts
+from sagebatch.domain.job import IntakeProgress, Job, JobStatus, ShardCounts
 from sagebatch.domain.results import ResultLine, ResultUnstorable, StopReason
+from sagebatch.domain.time_budget import TimeBudget
 
 __all__ = ["ResultUnstorable"]  # part of the ports' contract, re-exported for the use cases
 
@@ -26,10 +27,11 @@ class EndpointCaller(Protocol):
     """One logical generation call, retried and limited as the implementation sees fit.
 
     `cost_tokens` lets a token-aware limiter weigh long prompts more than short ones. Raises
-    `sagebatch.domain.generation.EndpointError` when the call finally fails.
+    `sagebatch.domain.generation.EndpointError` when the call finally fails, and
+    `sagebatch.domain.time_budget.OutOfTime` when `budget` (the invocation's time) allows no attempt any more.
     """
 
-    def invoke(self, payload: dict[str, Any], cost_tokens: int) -> Generation: ...
+    def invoke(self, payload: dict[str, Any], cost_tokens: int, budget: TimeBudget | None = None) -> Generation: ...
 
 
 # -- jobs, shards, results ----------------------------------------------------------------------
@@ -46,6 +48,11 @@ class JobStore(Protocol):
         self, job_id: str, total_records: int, total_shards: int, version_id: str | None = None, etag: str | None = None
     ) -> None:
         """CREATING -> RUNNING with the totals and the input version read; a no-op when already started."""
+        ...
+
+    def save_intake_progress(self, job_id: str, progress: IntakeProgress) -> bool:
+        """Save how far intake enqueued a CREATING job's shards (one write on the job item); False when the job is
+        not (or no longer) CREATING."""
         ...
 
     def request_stop(self, job_id: str, reason: StopReason) -> tuple[Job | None, bool]:
@@ -152,6 +159,10 @@ class InputUnreadable(Exception):
     """The job's input cannot be read (missing, access denied, changed, ...): a job-level error."""
 
 
+class UploadGone(Exception):
+    """A multipart upload no longer exists: completed, aborted, or expired by the bucket's lifecycle."""
+
+
 class ObjectStore(Protocol):
     """Reads pinned to the version (or ETag) the job saw; writes of whole objects."""
 
@@ -165,8 +176,8 @@ class ObjectStore(Protocol):
         """Each line's byte range, streamed (bounded memory)."""
         ...
 
-    def lines(self, info: ObjectInfo) -> Iterator[bytes]:
-        """Each line without its newline, streamed."""
+    def lines(self, info: ObjectInfo, start: int = 0) -> Iterator[bytes]:
+        """Each line without its newline, streamed; from byte `start` on (a line's first byte) when given."""
         ...
 
     def read_range(self, info: ObjectInfo, start: int, end: int) -> bytes: ...
@@ -191,12 +202,19 @@ class ObjectStore(Protocol):
     def start_multipart(self, bucket: str, key: str, content_type: str = "application/x-ndjson") -> str: ...
 
     def upload_part(self, bucket: str, key: str, upload_id: str, number: int, body: bytes) -> str:
-        """Upload part `number` (1-based); returns its ETag."""
+        """Upload part `number` (1-based); returns its ETag. UploadGone if the upload no longer exists (this and
+        complete_multipart)."""
         ...
 
     def complete_multipart(self, bucket: str, key: str, upload_id: str, etags: list[str]) -> None: ...
 
-    def abort_multipart(self, bucket: str, key: str, upload_id: str) -> None: ...
+    def abort_multipart(self, bucket: str, key: str, upload_id: str) -> None:
+        """Abort the upload; one that no longer exists is left as it is."""
+        ...
+
+    def delete(self, bucket: str, key: str) -> None:
+        """Delete an object the service wrote itself (a missing one is no error)."""
+        ...
 
 
 # -- queues -------------------------------------------------------------------------------------
@@ -254,8 +272,10 @@ class NoJobEvents:
 class EnvironmentRegistry(Protocol):
     """Which worker execution environments have work right now (they share the endpoint's concurrency)."""
 
-    def heartbeat(self, environment: str, until: float, now: float) -> int:
-        """Register (or renew) `environment` until `until`; return how many are registered and not lapsed at `now`."""
+    def heartbeat(self, environment: str, until: float, now: float, holding: int) -> dict[str, int]:
+        """Register (or renew) `environment` until `until`, announcing the endpoint slots it may hold until its next
+        heartbeat (`holding`); return the announced holding of every environment registered and not lapsed at
+        `now`, itself included."""
         ...
 
     def leave(self, environment: str) -> None: ...

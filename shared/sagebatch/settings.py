@@ -18,6 +18,7 @@ from sagebatch.domain.limits import (
     MAX_JOB_DEADLINE_S,
     MAX_TOTAL_TOKENS,
 )
+from sagebatch.domain.time_budget import DEFAULT_CALL_TIME_RESERVE_S
 
 # s3://bucket/prefix, as template.yaml's AllowedInputLocations pattern allows it (the prefix may be empty).
 # No wildcards: the template turns each entry into an IAM resource ARN.
@@ -64,19 +65,28 @@ class Settings(BaseSettings):
     max_total_tokens: int = Field(MAX_TOTAL_TOKENS, ge=2)
     default_max_new_tokens: int = Field(DEFAULT_MAX_NEW_TOKENS, ge=1)
     endpoint_max_concurrency: int = Field(ENDPOINT_MAX_CONCURRENCY, ge=1)
-    worker_max_concurrency: int = Field(8, ge=1)
+    worker_max_concurrency: int = Field(2, ge=1)
     # The endpoint's price per hour, all its instances (template.yaml's EndpointHourlyPrice): the manifest's cost.
     endpoint_hourly_price: float = Field(DEFAULT_ENDPOINT_HOURLY_PRICE, ge=0)
 
-    # Records per work message: small enough that one Lambda finishes a shard well inside
-    # its timeout, large enough that a million-record job is ~30k messages, not a million.
+    # Lines per work message of a small job; a larger job's shards grow with its input so that it has at most a few
+    # thousand (domain/sharding.py: up to 256 lines), and a shard holds at most `shard_bytes` of input unless its
+    # one line is larger. 1 MiB keeps a shard of 8k-token prompts (~32 KB each) at ~32 lines, as small as ever.
     shard_records: int = Field(32, ge=1, le=1000)
-    shard_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    shard_bytes: int = Field(1024 * 1024, ge=1024)
+    # Intake's shard messages go out from this many threads (SendMessageBatch takes ~20 ms); its progress is saved
+    # on the job every `intake_checkpoint_shards` shards or `intake_checkpoint_seconds`, whichever comes first, and
+    # when its invocation runs short of time it sends `resume_intake` for the job to its own queue.
+    intake_queue_url: str = ""
+    intake_send_threads: int = Field(8, ge=1, le=64)
+    intake_checkpoint_shards: int = Field(1000, ge=1)
+    intake_checkpoint_seconds: float = Field(20.0, ge=0)
     max_line_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     job_ttl_days: int = Field(30, ge=1)
-    # A job's deadline when its message sets none (template.yaml's JobDeadlineSeconds). Three days leaves a day
-    # before the work queue's 4-day retention deletes shards still queued: they are then answered as `expired`.
-    default_job_deadline_s: int = Field(DEFAULT_JOB_DEADLINE_S, ge=1, le=MAX_JOB_DEADLINE_S)
+    # A job's deadline when its message sets none (template.yaml's JobDeadlineSeconds); 0 derives it from the input's
+    # size (domain/deadline.py: 1 to 13 days). At most 13 days leaves a day before the queues' 14-day retention
+    # deletes shards still queued: they are answered as `expired` first.
+    default_job_deadline_s: int = Field(DEFAULT_JOB_DEADLINE_S, ge=0, le=MAX_JOB_DEADLINE_S)
     # How stale a worker's view of "was this job cancelled?" may be: one read per shard per interval instead
     # of one per record, at the price of up to this long of extra calls after a cancel.
     stop_check_seconds: float = Field(1.0, ge=0)
@@ -86,10 +96,17 @@ class Settings(BaseSettings):
     # How often a running shard's answers are checkpointed (usecases/parts.py): a crash costs at most this long of
     # that shard's answers; 0 checkpoints every answer (one S3 PUT each).
     checkpoint_seconds: float = Field(10.0, ge=0)
+    # The worst case of one endpoint call (SageMaker's 60 s limit, plus a margin to store the answer and hand the
+    # shard back): a worker starts a call, waits for a slot or backs off only while more than this is left of its
+    # invocation, so it returns before Lambda's timeout (sagebatch.domain.time_budget). Tests scale it down.
+    call_time_reserve_s: float = Field(DEFAULT_CALL_TIME_RESERVE_S, ge=0)
     # A worker invocation takes more shards from the work queue itself while it has room (usecases/batch.py), at
     # most this many at a time; the visibility timeout it takes them with is the queue's own (template.yaml).
     self_feed: bool = True
     max_shards_in_flight: int = Field(16, ge=1)
+    # How often a worker environment renews its registration and re-divides the endpoint's concurrency with the
+    # others (sagebatch.endpoint.share): a newcomer waits one interval at a few slots while the others shrink.
+    share_refresh_seconds: float = Field(10.0, gt=0)
     work_visibility_timeout_s: int = Field(5400, ge=30)
 
     # Where job messages may point their `input`, besides this stack's own bucket (always allowed).

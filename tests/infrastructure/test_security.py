@@ -53,7 +53,7 @@ EXPECTED_GRANTS = {
         "dynamodb:GetItem": {"JobsTable"},
         "dynamodb:PutItem": {"JobsTable"},
         "dynamodb:UpdateItem": {"JobsTable"},
-        "sqs:SendMessage": {"WorkQueue", "FinalizeQueue"},
+        "sqs:SendMessage": {"WorkQueue", "FinalizeQueue", "IntakeQueue"},
         "events:PutEvents": {EVENT_BUS},  # CREATING, RUNNING, FAILED
         "logs:CreateLogStream": {"IntakeLogGroup"},
         "logs:PutLogEvents": {"IntakeLogGroup"},

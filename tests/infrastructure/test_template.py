@@ -6,6 +6,7 @@ import ast
 
 import pytest
 
+from sagebatch.domain.limits import MAX_JOB_DEADLINE_S
 from sagebatch.tooling.local.template import load_template, sqs_triggers
 from tests.conftest import ROOT
 
@@ -49,12 +50,27 @@ def test_visibility_timeout_is_at_least_six_times_the_consumer_timeout(trigger):
     assert visibility >= 6 * _timeout(trigger.function)
 
 
+SQS_MAX_RETENTION_S = 1_209_600  # 14 days
+
+
 @pytest.mark.parametrize("queue", sorted(k for k, v in QUEUES.items() if "RedrivePolicy" in v["Properties"]))
-def test_every_source_queue_has_a_dlq_with_five_receives_and_longer_retention(queue):
+def test_every_source_queue_keeps_messages_14_days_and_has_a_dlq_with_five_receives(queue):
+    # Given a source queue; Then it and its DLQ keep messages SQS's longest (a job may run 13 days), and the DLQ
+    # never shorter than its source (a standard DLQ counts from the message's first enqueue)
     props = QUEUES[queue]["Properties"]
     dlq = props["RedrivePolicy"]["deadLetterTargetArn"]["Fn::GetAtt"][0]
     assert props["RedrivePolicy"]["maxReceiveCount"] >= 5
-    assert QUEUES[dlq]["Properties"]["MessageRetentionPeriod"] > props["MessageRetentionPeriod"]
+    assert props["MessageRetentionPeriod"] == SQS_MAX_RETENTION_S
+    assert QUEUES[dlq]["Properties"]["MessageRetentionPeriod"] == SQS_MAX_RETENTION_S
+
+
+def test_the_longest_job_deadline_passes_a_day_before_the_work_queue_drops_its_shards():
+    # Given the JobDeadlineSeconds parameter and the domain's bound on a message's own deadline_s
+    parameter = TEMPLATE["Parameters"]["JobDeadlineSeconds"]
+    retention = QUEUES["WorkQueue"]["Properties"]["MessageRetentionPeriod"]
+    # Then both leave a day to answer still-queued shards as `expired`, and the default (0) derives it per job
+    assert parameter["MaxValue"] == MAX_JOB_DEADLINE_S <= retention - 86_400
+    assert (parameter["Default"], parameter["MinValue"]) == (0, 0)
 
 
 def test_worker_concurrency_comes_from_the_worker_max_concurrency_parameter():

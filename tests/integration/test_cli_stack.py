@@ -18,6 +18,7 @@ from typing import Any
 import boto3
 import pytest
 
+from sagebatch.domain.messages import Shard
 from sagebatch.lambdas import service
 from sagebatch.tooling import cli
 from sagebatch.tooling.local.outputs import publish_outputs
@@ -299,6 +300,25 @@ def test_results_partial_streams_the_finished_shards_parts_in_line_order(deploye
     assert [(r["line"], r["id"], r["status"]) for r in lines] == [(n, f"p{n}", "succeeded") for n in range(1, 5)]
 
 
+def test_results_partial_of_a_running_job_say_how_many_lines_of_how_many(deployed, capsys):
+    # Given a running job of 40 lines in two shards (32 + 8), of which only the first has run
+    bucket = deployed.stack.bucket
+    boto3.client("s3").put_object(Bucket=bucket, Key="staging/half.jsonl", Body=prompts(40))
+    service.intake().handle_message(json.dumps({"job_id": "half", "input": f"s3://{bucket}/staging/half.jsonl"}), "m")
+    queued = boto3.client("sqs").receive_message(QueueUrl=deployed.stack.queue_url("WorkQueue"), MaxNumberOfMessages=10)
+    shards = [Shard.model_validate_json(message["Body"]) for message in queued["Messages"]]
+    service.shard_processor().process(min(shards, key=lambda shard: shard.shard))
+
+    # When its partial results are streamed
+    code = sagebatch("results", "half", "--stack", STACK, "--partial")
+
+    # Then the first shard's lines come out in order, and stderr says how much of the job they are
+    printed = capsys.readouterr()
+    assert code == 0
+    assert [json.loads(line)["line"] for line in printed.out.splitlines()] == list(range(1, 33))
+    assert "32 of 40 lines (1 of 2 shards done; job RUNNING)" in printed.err
+
+
 def test_results_of_an_unfinished_job_say_when_they_come(deployed, capsys):
     # Given a job that is still running
     boto3.client("s3").put_object(Bucket=deployed.stack.bucket, Key="staging/busy.jsonl", Body=prompts(2))
@@ -378,7 +398,7 @@ def test_list_since_leaves_out_older_jobs(deployed, tmp_path, capsys):
         (["submit", "missing.jsonl", "--stack", STACK], "no file missing.jsonl"),
         (["submit", "PLACEHOLDER", "--stack", STACK, "--param", "max_new_tokens"], "--param takes KEY=VALUE"),
         (["submit", "PLACEHOLDER", "--stack", STACK, "--param", "top_k=many"], "bad --param: top_k"),
-        (["submit", "PLACEHOLDER", "--stack", STACK, "--deadline", "999999"], "deadline_s"),
+        (["submit", "PLACEHOLDER", "--stack", STACK, "--deadline", "9999999"], "deadline_s"),
         (["list", "--stack", STACK, "--since", "last week"], "--since takes a duration"),
         (["watch", "some-job", "--stack", STACK, "--interval", "soon"], "Invalid value for '--interval'"),
     ],

@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
+from dataclasses import replace
 from typing import Any
 
 import boto3
@@ -45,6 +46,8 @@ def control_stack(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Loc
                 monkeypatch.setenv("SAGEBATCH_STOP_CHECK_SECONDS", str(stop_check_seconds))
             emulator = EmulatorConfig(faults=FaultConfig(slow=1.0 if slow_seconds else 0.0, slow_seconds=slow_seconds))
             run = stacks.enter_context(local_stack(parameters=parameters or None, emulator=emulator, parallel=1))
+            # One round answers two shards (the template's BatchSize takes ten: a whole small job in one round).
+            run.poller.triggers = [replace(t, batch_size=2) if t.function == "WorkerFunction" else t for t in run.poller.triggers]
             run.drain()  # the s3:TestEvent S3 sends when the bucket notification is configured
             return run
 
@@ -268,9 +271,9 @@ def test_a_cancel_after_the_deadline_keeps_the_job_expired(control_stack):
 
 
 def test_a_deadline_beyond_the_queue_retention_is_refused(control_stack):
-    # Given a job message asking for a 5-day deadline (queued shards are deleted after 4 days)
+    # Given a job message asking for a 14-day deadline (queued shards are deleted after 14 days: at most 13)
     run = control_stack()
-    submit(run, "too-long", prompts(1), deadline_s=5 * 86400)
+    submit(run, "too-long", prompts(1), deadline_s=14 * 86400)
 
     # When intake handles it; Then the job fails and says why
     assert run.wait_for("too-long") == "FAILED"

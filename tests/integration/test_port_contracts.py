@@ -17,20 +17,22 @@ import pytest
 from moto import mock_aws
 
 from sagebatch.adapters.dynamodb import Table
+from sagebatch.adapters.environments import DynamoEnvironmentRegistry
 from sagebatch.adapters.jobs import DynamoJobStore
 from sagebatch.adapters.leases import DynamoLeaseStore
 from sagebatch.adapters.objects import S3ObjectStore
 from sagebatch.adapters.queues import SqsDeadLetterQueues, SqsMessageSender
 from sagebatch.adapters.results import DynamoCallCacheStore
 from sagebatch.domain.generation import Generation
-from sagebatch.domain.job import InvalidTransition, Job, JobStatus, ShardCounts
+from sagebatch.domain.job import IntakeProgress, InvalidTransition, Job, JobStatus, ShardCounts
 from sagebatch.domain.messages import FinalizeRequest
 from sagebatch.domain.parameters import Parameters
 from sagebatch.domain.records import FitSettings, Strategy
 from sagebatch.domain.results import RecordError, ResultLine, Usage, encode_result
-from sagebatch.fakes import FakeAws
+from sagebatch.fakes import FakeAws, InMemoryEnvironmentRegistry
 from sagebatch.ports import (
     DeadLetterQueues,
+    EnvironmentRegistry,
     InputUnreadable,
     JobStore,
     LeaseStore,
@@ -63,6 +65,7 @@ class Backend:
     work_url: str
     work_dlq_url: str
     send_raw: Callable[[str, str], None]  # put a body on a queue (a message that dead-lettered)
+    environments: EnvironmentRegistry
 
 
 def _fake_backend() -> Iterator[Backend]:
@@ -90,6 +93,7 @@ def _fake_backend() -> Iterator[Backend]:
         work_url=aws.work.url,
         work_dlq_url=aws.work_dlq.url,
         send_raw=lambda url, body: queues[url].put_body(body),
+        environments=InMemoryEnvironmentRegistry(),
     )
 
 
@@ -131,6 +135,7 @@ def _aws_backend() -> Iterator[Backend]:
             work_url=stack.queue_url("WorkQueue"),
             work_dlq_url=stack.queue_url("WorkDLQ"),
             send_raw=lambda url, body: sqs.send_message(QueueUrl=url, MessageBody=body),
+            environments=DynamoEnvironmentRegistry(table, "mistral"),
         )
     finally:
         stack.stop()
@@ -206,6 +211,32 @@ def test_start_job_leaves_a_failed_or_missing_job_alone(backend: Backend) -> Non
     job = backend.jobs.get_job("job-1")
     assert job is not None and job.status is JobStatus.FAILED and job.total_records is None
     assert backend.jobs.get_job("missing") is None
+
+
+def test_intake_progress_is_saved_on_a_creating_job_and_read_back_with_it(backend: Backend) -> None:
+    # Given a CREATING job
+    backend.jobs.create_job(new_job())
+    progress = IntakeProgress(version_id="v-1", etag='"abc"', size=5_000_000_000, shard_lines=256, shard_bytes=1 << 20)
+    # When intake saves its progress twice, the second time further on
+    first = backend.jobs.save_intake_progress("job-1", progress.after(1_000, 32))
+    second = backend.jobs.save_intake_progress("job-1", progress.after(1_000, 32).after(2_000, 32))
+    # Then both saves were made and the job reads back the later one, exactly
+    job = backend.jobs.get_job("job-1")
+    assert (first, second) == (True, True)
+    assert job is not None and job.intake_progress == progress.after(1_000, 32).after(2_000, 32)
+    assert (job.intake_progress.offset, job.intake_progress.next_line, job.intake_progress.next_shard) == (2_000, 65, 2)
+
+
+def test_intake_progress_is_refused_once_the_job_has_started_or_for_no_job(backend: Backend) -> None:
+    # Given a RUNNING job
+    started(backend)
+    progress = IntakeProgress(size=10, shard_lines=32, shard_bytes=1024)
+    # When a late intake saves progress on it, and on a job that does not exist
+    # Then neither save is made: the running job has no progress and no job appeared
+    assert backend.jobs.save_intake_progress("job-1", progress) is False
+    assert backend.jobs.save_intake_progress("missing", progress) is False
+    job = backend.jobs.get_job("job-1")
+    assert job is not None and job.intake_progress is None and backend.jobs.get_job("missing") is None
 
 
 def test_fail_job_only_from_creating(backend: Backend) -> None:
@@ -626,3 +657,26 @@ def test_the_move_task_is_not_available_locally(backend: Backend) -> None:
     # Given the local stack (moto) and the fakes; When SQS's own redrive is started; Then it is reported unsupported
     with pytest.raises(MoveTaskUnsupported):
         backend.dead_letters.start_move_task(backend.work_dlq_url)
+
+
+# -- EnvironmentRegistry ----------------------------------------------------------------------------------------------
+def test_a_heartbeat_returns_what_every_live_environment_announced(backend: Backend) -> None:
+    # Given two environments that announced what they hold, and a third whose registration lapsed
+    registry = backend.environments
+    registry.heartbeat("lapsed", until=105.0, now=100.0, holding=30)
+    registry.heartbeat("a", until=130.0, now=100.0, holding=60)
+    # When the second renews at a time the third has lapsed
+    holdings = registry.heartbeat("b", until=140.0, now=110.0, holding=8)
+    # Then it sees itself and the first, with their announcements
+    assert holdings == {"a": 60, "b": 8}
+
+
+def test_an_environment_that_left_is_not_counted(backend: Backend) -> None:
+    # Given two registered environments
+    registry = backend.environments
+    registry.heartbeat("a", until=130.0, now=100.0, holding=60)
+    registry.heartbeat("b", until=130.0, now=100.0, holding=60)
+    # When one leaves
+    registry.leave("b")
+    # Then the other's next heartbeat sees only itself, with its new announcement
+    assert registry.heartbeat("a", until=140.0, now=110.0, holding=120) == {"a": 120}

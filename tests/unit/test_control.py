@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack
+
 import pytest
 from pydantic import ValidationError
 
 from sagebatch.adapters.queues import region_of_queue_url
 from sagebatch.domain.job import Job, final_status
+from sagebatch.domain.limits import MAX_JOB_DEADLINE_S
 from sagebatch.domain.messages import CONTROL_ADAPTER
 from sagebatch.domain.results import RecordError, ResultLine
 from sagebatch.ports import MoveTaskUnsupported
 from sagebatch.usecases.control.redrive import redrive
 from sagebatch.usecases.control.report import describe
 from sagebatch.usecases.control.retry import RetryRefused, retry_lineage, retryable
-from sagebatch.usecases.control.stop import StopCheck
+from sagebatch.usecases.control.stop import StopCheck, StopChecks
 
 
 class FakeJobs:
@@ -98,6 +101,48 @@ def test_a_cancel_recorded_before_the_deadline_stays_the_reason():
     assert check.reason() == "cancelled"
 
 
+def test_shards_of_one_job_share_one_stop_check_in_an_environment():
+    # Given an environment's stop checks with a 1 s interval, and sixteen shards of one job running at once
+    jobs, clock = FakeJobs(job()), Clock()
+    checks = StopChecks(jobs, interval_s=1.0, clock=clock)
+    with ExitStack() as running:
+        shards = [running.enter_context(checks.watching(jobs.job)) for _ in range(16)]
+
+        # When every shard's records ask, over three intervals
+        for _ in range(3):
+            clock.now += 1.0
+            answers = {check.reason() for check in shards for _ in range(4)}
+
+        # Then the job was read once per interval, not once per shard
+        assert jobs.reads == 3 and answers == {None}
+        assert len({id(check) for check in shards}) == 1
+
+
+def test_a_shared_stop_check_is_dropped_when_its_jobs_last_shard_ends():
+    # Given a job's stop check used by two shards
+    jobs = FakeJobs(job())
+    checks = StopChecks(jobs, interval_s=1.0, clock=Clock())
+    with checks.watching(jobs.job):
+        with checks.watching(jobs.job):
+            pass
+        # When one shard ends, the other still holds it; when both ended, nothing is kept
+        assert len(checks) == 1
+    assert len(checks) == 0
+
+
+def test_a_shard_starting_with_a_cancelled_job_tells_the_shared_check():
+    # Given a job's shared check that has not read the job for a while, and a cancel recorded meanwhile
+    jobs, clock = FakeJobs(job()), Clock()
+    checks = StopChecks(jobs, interval_s=3600, clock=clock)
+    with checks.watching(jobs.job) as first:
+        cancelled = jobs.job.model_copy(update={"stop_reason": "cancelled"})
+
+        # When another shard of the job starts, having read the job as it now is
+        with checks.watching(cancelled):
+            # Then the shards already running see the cancel without a read of their own
+            assert first.reason() == "cancelled" and jobs.reads == 0
+
+
 # -- the final status -------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("values", "status"),
@@ -162,7 +207,7 @@ def test_an_unknown_action_names_the_valid_ones():
 
 def test_a_retry_deadline_cannot_outlive_the_queue_retention():
     with pytest.raises(ValidationError):
-        CONTROL_ADAPTER.validate_python({"action": "retry", "job_id": "j", "deadline_s": 345_601})
+        CONTROL_ADAPTER.validate_python({"action": "retry", "job_id": "j", "deadline_s": MAX_JOB_DEADLINE_S + 1})
 
 
 # -- redrive ----------------------------------------------------------------------------------

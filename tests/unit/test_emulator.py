@@ -187,3 +187,60 @@ def test_generated_text_is_deterministic_and_its_token_count_matches_the_details
     eos = 1 if details["finish_reason"] == "eos_token" else 0
     assert first == second
     assert details["generated_tokens"] == text_tokens + eos <= max_new_tokens
+
+
+def runtime_client(url: str) -> Any:
+    import boto3
+
+    from sagebatch.endpoint.sagemaker import runtime_client_config
+
+    return boto3.client(
+        "sagemaker-runtime",
+        endpoint_url=url,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        config=runtime_client_config(),
+    )
+
+
+def test_an_emulator_process_serves_its_config_and_reports_its_counters_over_http():
+    # Given the emulator in a process of its own, throttling about half the requests
+    from sagebatch.tooling.emulator.process import EmulatorProcess
+    from sagebatch.tooling.emulator.server import EmulatorConfig
+
+    config = EmulatorConfig(faults=FaultConfig(throttling=0.5, seed=3))
+    with EmulatorProcess(config, ENDPOINT) as process:
+        client = runtime_client(process.url)
+        # When 20 requests are sent
+        throttled = 0
+        for n in range(20):
+            try:
+                invoke(client, f"prompt {n}")
+            except ClientError as error:
+                throttled += error.response["Error"]["Code"] == "ThrottlingException"
+        stats = process.emulator.stats
+
+    # Then its counters, read from this process, are the child's: every request, and the faults it injected
+    assert 0 < throttled < 20
+    assert stats.requests == 20 and stats.injected_faults == throttled and stats.succeeded == 20 - throttled
+
+
+def test_a_stopped_emulator_process_no_longer_answers():
+    # Given an emulator process that was started and stopped
+    import urllib.error
+    import urllib.request
+
+    from sagebatch.tooling.emulator.process import EmulatorProcess
+    from sagebatch.tooling.emulator.server import EmulatorConfig
+
+    process = EmulatorProcess(EmulatorConfig(), ENDPOINT).start()
+    url = process.url
+    process.stop()
+
+    # When its health check is asked for
+    # Then nothing listens there any more
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with pytest.raises(urllib.error.URLError) as caught:
+        direct.open(url + "/ping", timeout=2)
+    assert isinstance(caught.value.reason, ConnectionRefusedError)

@@ -107,3 +107,16 @@ def test_retry_budget_refills_with_new_calls():
     # Then one retry is available again
     assert budget.try_withdraw()
     assert not budget.try_withdraw()
+
+
+def test_a_retry_whose_backoff_outlasts_the_time_left_is_not_taken_and_costs_no_token():
+    # Given a call that failed retryably, with a 4 s backoff drawn and only 3 s left before a call must start
+    budget = RetryBudget(ratio=0.0, initial=1.0)
+    tracker = RetryPolicy(base_s=4.0, cap_s=4.0, budget=budget, rng=lambda: 1.0).begin()
+
+    # When the tracker decides
+    decision = tracker.on_error(EndpointError(ErrorKind.OVERLOADED, "busy"), time_left_s=3.0)
+
+    # Then the call is left to a later delivery, and the retry budget still holds its token
+    assert (decision.retry, decision.out_of_time) == (False, True)
+    assert budget.balance == 1.0

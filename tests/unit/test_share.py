@@ -1,8 +1,9 @@
-"""SlotShare: an environment's share of the endpoint's concurrency follows how many environments have work."""
+"""SlotShare: an environment's share of the endpoint's concurrency follows how many environments have work, and
+what the others still hold."""
 
 from __future__ import annotations
 
-from sagebatch.endpoint.limiter import InMemoryLimiterStore, LimiterSettings
+from sagebatch.endpoint.limiter import AdaptiveLimiter, InMemoryLimiterStore, LimiterSettings, Permit, Signal
 from sagebatch.endpoint.share import SlotShare
 from sagebatch.fakes import InMemoryEnvironmentRegistry
 
@@ -20,46 +21,72 @@ def share(registry: InMemoryEnvironmentRegistry, clock: Clock, name: str) -> Slo
     return SlotShare(registry, store, 120, refresh_s=10, clock=clock, environment=name)
 
 
+def hold(environment: SlotShare, requests: int) -> list[Permit]:
+    """Put `requests` short requests in flight through the environment's limiter."""
+    limiter = AdaptiveLimiter(environment.store)
+    return [limiter.acquire(100, timeout_s=0) for _ in range(requests)]
+
+
+def slots(*environments: SlotShare) -> tuple[int, ...]:
+    return tuple(environment.store.settings.max_inflight for environment in environments)
+
+
 def test_an_environment_alone_gets_every_slot() -> None:
     # Given one environment with work
     registry, clock = InMemoryEnvironmentRegistry(), Clock()
     alone = share(registry, clock, "a")
     # When it refreshes its share; Then its limiter may hold all 120 requests
     assert alone.refresh() == 1
-    assert alone.store.settings.max_inflight == 120
+    assert slots(alone) == (120,)
 
 
-def test_a_newcomer_waits_one_interval_before_taking_its_half() -> None:
-    # Given one environment running alone, and a second one arriving
+def test_a_newcomer_grows_only_as_the_others_drain_to_their_share() -> None:
+    # Given one environment running alone with 120 requests in flight, and a second one arriving
+    registry, clock = InMemoryEnvironmentRegistry(), Clock()
+    first, second = share(registry, clock, "a"), share(registry, clock, "b")
+    first.refresh()
+    in_flight = hold(first, 120)
+    second.refresh()
+    # Then the newcomer takes (almost) nothing while the first still holds every slot
+    assert slots(second) == (1,)
+    # When the first sees it and shrinks, but its requests are still in flight
+    first.refresh()
+    second.refresh()
+    # Then the first's share is halved, and the second still waits: together they never pass the cap
+    assert slots(first, second) == (60, 1)
+    # When 60 of the first's requests finish
+    for permit in in_flight[:60]:
+        permit.release(Signal.IGNORE)
+    first.refresh()
+    second.refresh()
+    # Then each holds half
+    assert slots(first, second) == (60, 60)
+
+
+def test_two_environments_starting_together_split_the_endpoint() -> None:
+    # Given two environments that register one after the other, nothing in flight yet
     registry, clock = InMemoryEnvironmentRegistry(), Clock()
     first, second = share(registry, clock, "a"), share(registry, clock, "b")
     first.refresh()
     second.refresh()
-    # Then the newcomer starts with the margin below TGI's limit, so the two never exceed 128 together
-    assert second.store.settings.max_inflight == 8
-    assert first.store.settings.max_inflight + second.store.settings.max_inflight <= 128
-    # When the first refreshes (it shrinks to its half) and an interval passes for the second
-    first.refresh()
-    clock.now += 10
     first.refresh()
     second.refresh()
-    # Then each holds half
-    assert (first.store.settings.max_inflight, second.store.settings.max_inflight) == (60, 60)
+    # Then they hold half each, never more than the cap between them
+    assert slots(first, second) == (60, 60)
 
 
 def test_the_share_grows_back_when_the_other_environment_leaves() -> None:
     # Given two environments sharing the endpoint
     registry, clock = InMemoryEnvironmentRegistry(), Clock()
     first, second = share(registry, clock, "a"), share(registry, clock, "b")
-    first.refresh()
-    second.refresh()
-    clock.now += 10
-    first.refresh()
+    for _ in range(2):
+        first.refresh()
+        second.refresh()
     # When the second runs out of work and leaves
     second.leave()
     # Then the first takes every slot at its next refresh
     assert first.refresh() == 1
-    assert first.store.settings.max_inflight == 120
+    assert slots(first) == (120,)
 
 
 def test_an_environment_that_stops_renewing_lapses() -> None:

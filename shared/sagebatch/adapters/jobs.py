@@ -9,7 +9,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from sagebatch.adapters.dynamodb import Table, is_condition_failure, job_from_item, now_decimal, pk, to_item, written
-from sagebatch.domain.job import ACTIVE, Job, JobStatus, ShardCounts, sources
+from sagebatch.domain.job import ACTIVE, IntakeProgress, Job, JobStatus, ShardCounts, sources
 from sagebatch.domain.results import StopReason
 
 # The sparse index `sagebatch list` reads (template.yaml, JobsTable): job items only, newest first by created_at.
@@ -83,6 +83,20 @@ class DynamoJobStore:
             f"{name} = {placeholder}" for name, placeholder in (("version_id", ":v"), ("etag", ":e")) if values[placeholder]
         ]
         self._transition(job_id, JobStatus.RUNNING, assignments, {k: v for k, v in values.items() if v is not None})
+
+    def save_intake_progress(self, job_id: str, progress: IntakeProgress) -> bool:
+        """One UpdateItem on the job item (1 WCU, cheaper than an S3 PUT, and read with the job anyway), only while
+        the job is CREATING: a late intake never writes over a job that has started or failed."""
+        return written(
+            lambda: self._table.db.update_item(
+                TableName=self._table.name,
+                Key=self._key(job_id),
+                UpdateExpression="SET intake_progress = :p",
+                ConditionExpression="#s = :creating",
+                ExpressionAttributeNames={"#s": "status"},
+                ExpressionAttributeValues=to_item({":p": progress.model_dump(), ":creating": JobStatus.CREATING}),
+            )
+        )
 
     def request_stop(self, job_id: str, reason: StopReason) -> tuple[Job | None, bool]:
         """Record why an active (CREATING or RUNNING) job stops early: (the job as it now is, recorded by this call?).

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import IO, Any
 
 from botocore.exceptions import ClientError
 
-from sagebatch.ports import InputUnreadable, LineSpan, ObjectInfo
+from sagebatch.ports import InputUnreadable, LineSpan, ObjectInfo, UploadGone
 
 _READ_CHUNK = 1024 * 1024
 
@@ -58,14 +59,20 @@ class S3ObjectStore:
         for span, _ in self._split(info, keep=False):
             yield span
 
-    def lines(self, info: ObjectInfo) -> Iterator[bytes]:
-        """Stream the object once and yield each line without its newline (a trailing '\\r' is kept)."""
-        for _, line in self._split(info, keep=True):
+    def lines(self, info: ObjectInfo, start: int = 0) -> Iterator[bytes]:
+        """Stream the object once (from byte `start`, a line's first) and yield each line without its newline (a
+        trailing '\\r' is kept)."""
+        for _, line in self._split(info, keep=True, start=start):
             yield line
 
-    def _split(self, info: ObjectInfo, keep: bool) -> Iterator[tuple[LineSpan, bytes]]:
-        body = self._get(info)
-        offset = 0  # absolute offset of the first byte of `pending`
+    def _split(self, info: ObjectInfo, keep: bool, start: int = 0) -> Iterator[tuple[LineSpan, bytes]]:
+        try:
+            body = self._get(info, f"bytes={start}-" if start else None)
+        except ClientError as error:
+            if start and error.response.get("Error", {}).get("Code") == "InvalidRange":  # from the very end on
+                return
+            raise
+        offset = start  # absolute offset of the first byte of `pending`
         pending = b""
         while chunk := body.read(_READ_CHUNK):
             pending += chunk
@@ -106,15 +113,25 @@ class S3ObjectStore:
         return upload_id
 
     def upload_part(self, bucket: str, key: str, upload_id: str, number: int, body: bytes) -> str:
-        etag: str = self._s3.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body)["ETag"]
+        with _upload_gone_as_such(upload_id):
+            response = self._s3.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body)
+        etag: str = response["ETag"]
         return etag
 
     def complete_multipart(self, bucket: str, key: str, upload_id: str, etags: list[str]) -> None:
         parts = [{"PartNumber": number, "ETag": etag} for number, etag in enumerate(etags, start=1)]
-        self._s3.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts})
+        with _upload_gone_as_such(upload_id):
+            self._s3.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts})
 
     def abort_multipart(self, bucket: str, key: str, upload_id: str) -> None:
-        self._s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+        try:
+            self._s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") != "NoSuchUpload":
+                raise
+
+    def delete(self, bucket: str, key: str) -> None:
+        self._s3.delete_object(Bucket=bucket, Key=key)
 
     def put_bytes(self, bucket: str, key: str, body: bytes, content_type: str = "application/x-ndjson") -> None:
         self._s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type)
@@ -125,3 +142,13 @@ class S3ObjectStore:
     def upload_file(self, bucket: str, key: str, fileobj: IO[bytes], content_type: str = "application/x-ndjson") -> None:
         """Multipart upload from a file object: results.jsonl may be far larger than memory."""
         self._s3.upload_fileobj(fileobj, bucket, key, ExtraArgs={"ContentType": content_type})
+
+
+@contextmanager
+def _upload_gone_as_such(upload_id: str) -> Iterator[None]:
+    try:
+        yield
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") == "NoSuchUpload":
+            raise UploadGone(f"multipart upload {upload_id} no longer exists") from error
+        raise

@@ -91,6 +91,38 @@ class ShardCounts(BaseModel):
         self.worker_seconds += result.worker_seconds
 
 
+class IntakeProgress(BaseModel):
+    """How far intake has enqueued a job's shards: saved on the job every so often, so a stopped or crashed intake
+    resumes at `offset` instead of line 1. Every shard before `next_shard` was sent; shards sent after the last save
+    are sent again on resume, which is harmless (a shard is counted once, under its lease and `shard_done`).
+
+    The input's identity and the shard sizes are fixed at the first pass, so that a resumed pass reads the same
+    bytes and cuts exactly the same shards.
+    """
+
+    version_id: str | None = None
+    etag: str | None = None
+    size: int = Field(ge=0)
+    shard_lines: int = Field(ge=1)
+    shard_bytes: int = Field(ge=1)
+    offset: int = Field(0, ge=0)  # where the next shard starts
+    next_line: int = Field(1, ge=1)
+    next_shard: int = Field(0, ge=0)
+
+    @property
+    def complete(self) -> bool:
+        """Every line of the input is in a sent shard."""
+        return self.offset >= self.size
+
+    @property
+    def records(self) -> int:
+        return self.next_line - 1
+
+    def after(self, end: int, lines: int) -> IntakeProgress:
+        """The progress once the next shard (of `lines` lines, ending at byte `end`) is sent."""
+        return self.model_copy(update={"offset": end, "next_line": self.next_line + lines, "next_shard": self.next_shard + 1})
+
+
 class Job(ShardCounts):
     """A job as the service sees it (the store keeps it as one item)."""
 
@@ -121,6 +153,7 @@ class Job(ShardCounts):
     shards_done: int = 0
     error: str | None = None
     finalize_requested: bool = False  # the finalize message was sent after the switch to FINALIZING
+    intake_progress: IntakeProgress | None = None  # while CREATING: how far intake got (a resumed intake goes on)
 
     @property
     def finished(self) -> bool:

@@ -9,6 +9,7 @@ outputs/<job_id>/parts/<shard>.jsonl             one shard's results, written on
                                                   readable while the job runs (`sagebatch results --partial`)
 outputs/<job_id>/parts/<shard>.checkpoint.jsonl  the answers a running shard has so far (crash safety)
 outputs/<job_id>/assembly.json                   where the finalizer's streamed assembly of results.jsonl is
+outputs/<job_id>/assembly/ids-<n>.bin            the ids a paused assembly has seen (its duplicate-id check)
 """
 
 from __future__ import annotations
@@ -50,6 +51,15 @@ def checkpoint_key(job_id: str, shard: int) -> str:
 
 def assembly_key(job_id: str) -> str:
     return f"outputs/{job_id}/assembly.json"
+
+
+def part_key_pattern(job_id: str) -> str:
+    """`part_key` as a pattern (manifest.json: a million-line job has ~31k parts, too many to list)."""
+    return f"outputs/{job_id}/parts/{{shard:08d}}.jsonl"
+
+
+def assembly_ids_key(job_id: str, segment: int) -> str:
+    return f"outputs/{job_id}/assembly/ids-{segment:06d}.bin"
 
 
 def s3_uri(bucket: str, key: str) -> str:

@@ -13,8 +13,9 @@ MAX_TOTAL_TOKENS = 8192
 DEFAULT_MAX_NEW_TOKENS = 512
 # TGI's MAX_CONCURRENT_REQUESTS is 128; the workers together stay 8 below it (template.yaml EndpointMaxConcurrency).
 ENDPOINT_MAX_CONCURRENCY = 120
-# Seconds from the job's creation after which records not yet started end as `expired`. Bounded by the work
-# queue's MessageRetentionPeriod (4 days, template.yaml): a shard still queued after that is deleted by SQS,
-# so a later deadline could never be reached.
-MAX_JOB_DEADLINE_S = 345_600
-DEFAULT_JOB_DEADLINE_S = 259_200
+# Seconds from the job's creation after which records not yet started end as `expired`. Bounded by the queues'
+# MessageRetentionPeriod (14 days, SQS's maximum; template.yaml) minus a day: a shard still queued after the
+# retention is deleted by SQS, so the deadline must pass while there is still a day to answer it as `expired`.
+MAX_JOB_DEADLINE_S = 1_123_200  # 13 days
+# 0: each job's deadline is derived from its input's size (domain/deadline.py), unless its message sets one.
+DEFAULT_JOB_DEADLINE_S = 0

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from sagebatch.domain.cost import DEFAULT_ENDPOINT_HOURLY_PRICE, JobCounts, job_cost
 from sagebatch.domain.job import Job
-from sagebatch.domain.layout import errors_key, results_key, s3_uri
+from sagebatch.domain.layout import errors_key, part_key_pattern, parts_prefix, results_key, s3_uri
+
+
+@dataclass(frozen=True)
+class AssemblySummary:
+    """How the finalizer wrote results.jsonl (usecases.assembly)."""
+
+    results_parts: int  # multipart parts (1: a single PUT)
+    errors_parts: int | None  # OpenAI output only
+    results_bytes: int
+    deliveries: int  # finalize deliveries it took (more than one: paused and resumed)
 
 
 def iso_time(timestamp: float | None, timespec: str = "auto") -> str | None:
@@ -15,7 +26,12 @@ def iso_time(timestamp: float | None, timespec: str = "auto") -> str | None:
 
 
 def build_manifest(
-    job: Job, bucket: str, finished_at: float, status: str, endpoint_hourly_price: float = DEFAULT_ENDPOINT_HOURLY_PRICE
+    job: Job,
+    bucket: str,
+    finished_at: float,
+    status: str,
+    endpoint_hourly_price: float = DEFAULT_ENDPOINT_HOURLY_PRICE,
+    assembly: AssemblySummary | None = None,
 ) -> dict[str, Any]:
     counts = {"total": job.total_records, "succeeded": job.succeeded, "failed": job.failed}
     if job.stop_reason is not None:
@@ -29,6 +45,14 @@ def build_manifest(
         "results": s3_uri(bucket, results_key(job.job_id)),
         # OpenAI's error file: the lines of results.jsonl whose response is null or not 200 (OpenAI output only).
         "errors": s3_uri(bucket, errors_key(job.job_id)) if job.output_format == "openai" else None,
+        # The shards' parts results.jsonl was assembled from (they stay, readable on their own): their prefix, key
+        # pattern and count, not each key (a 1M-line job has ~31k: ~2 MB of keys).
+        "result_parts": {
+            "prefix": s3_uri(bucket, parts_prefix(job.job_id)),
+            "key_pattern": part_key_pattern(job.job_id),
+            "count": job.total_shards or 0,
+        },
+        "assembly": _assembly(assembly),
         "input_format": job.input_format,
         "output_format": job.output_format,
         "counts": counts,
@@ -64,3 +88,14 @@ def job_counts(job: Job) -> JobCounts:
         output_tokens=job.output_tokens,
         worker_seconds=job.worker_seconds,
     )
+
+
+def _assembly(summary: AssemblySummary | None) -> dict[str, Any] | None:
+    if summary is None:
+        return None
+    return {
+        "results_parts": summary.results_parts,
+        "errors_parts": summary.errors_parts,
+        "results_bytes": summary.results_bytes,
+        "deliveries": summary.deliveries,
+    }

@@ -70,8 +70,18 @@ class RetryRequest(BaseModel):
     deadline_s: DeadlineSeconds | None = None
 
 
-ControlRequest = Annotated[CancelRequest | RetryRequest, Field(discriminator="action")]
-CONTROL_ADAPTER: TypeAdapter[CancelRequest | RetryRequest] = TypeAdapter(ControlRequest)
+class ResumeIntake(BaseModel):
+    """Go on enqueueing a CREATING job's shards from its saved progress: intake sends this to its own queue when its
+    invocation runs short of time. Anyone may send it; for a job that is not CREATING it does nothing."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    action: Literal["resume_intake"] = "resume_intake"
+    job_id: str = Field(pattern=JOB_ID_PATTERN)
+
+
+ControlRequest = Annotated[CancelRequest | RetryRequest | ResumeIntake, Field(discriminator="action")]
+CONTROL_ADAPTER: TypeAdapter[CancelRequest | RetryRequest | ResumeIntake] = TypeAdapter(ControlRequest)
 
 
 class Shard(BaseModel):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, Field, TypeAdapter
 
@@ -110,16 +110,23 @@ def stopped(line: int, record_id: Any, reason: StopReason) -> ResultLine:
     return ResultLine(id=record_id, line=line, status=reason, error=RecordError(type=reason, message=_STOP_MESSAGES[reason]))
 
 
+class FirstLineTable(Protocol):
+    """id digest -> the first line naming it (a dict, or the compact domain.id_table.FirstLines)."""
+
+    def setdefault(self, key: int, default: int, /) -> int: ...
+
+
 class DuplicateIds:
     """Ids need not be unique (every result line has its own `line`), but a user joining on ids should know: every
     record that names an id already named on an earlier line gets a note saying which line. Ids compare as JSON
     values (7 and "7" differ); a line without an id of its own never collides with one. Fed results in line order.
 
-    Memory: one 8-byte digest and one line number per distinct id (about 100 bytes: ~100 MB for 1M ids).
+    Memory: one 8-byte digest and one line number per distinct id: about 100 bytes in the default dict (~100 MB for
+    1M ids); the finalizer passes a `domain.id_table.FirstLines` (17-34 bytes an id, saved across invocations).
     """
 
-    def __init__(self) -> None:
-        self._first_line: dict[int, int] = {}
+    def __init__(self, first_lines: FirstLineTable | None = None) -> None:
+        self._first_line: FirstLineTable = {} if first_lines is None else first_lines
 
     def flag(self, result: ResultLine) -> ResultLine:
         if not result.id_given:

@@ -3,10 +3,15 @@
 Per logical call: acquire a permit (blocks while the endpoint is at its adaptive limit) -> one `invoke_once` ->
 release the permit with the outcome's load signal -> on a retryable error, back off *outside* the limiter (so a
 sleeping retry holds no slot) and go through the limiter again.
+
+With a `TimeBudget` (the invocation's time), every attempt starts only while the budget allows a call: the wait for
+a permit and the backoff before a retry use only the time above its reserve, and when none is left the call raises
+`OutOfTime` (the record goes back to the queue unanswered; a later delivery makes the call).
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -14,6 +19,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any, Protocol
 
 from sagebatch.domain.generation import EndpointError, ErrorKind, Generation
+from sagebatch.domain.time_budget import OutOfTime, TimeBudget
 from sagebatch.endpoint.limiter import (
     AdaptiveLimiter,
     Clock,
@@ -21,6 +27,7 @@ from sagebatch.endpoint.limiter import (
     LimiterSettings,
     LimiterStore,
     LimiterTimeout,
+    Permit,
     Signal,
 )
 from sagebatch.endpoint.retry import RetryBudget, RetryPolicy
@@ -48,6 +55,7 @@ class CallerStats:
     not_ready: int = 0
     retry_budget_exhausted: int = 0
     soft_signals: int = 0
+    out_of_time: int = 0  # logical calls left to a later delivery: the invocation's time ran out before an attempt
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -90,17 +98,14 @@ class AdaptiveCaller:
             self.clock, lambda: self.limiter.store.settings.max_inflight / endpoint_slots if endpoint_slots else 1.0
         )
 
-    def invoke(self, payload: dict[str, Any], cost_tokens: int) -> Generation:
+    def invoke(self, payload: dict[str, Any], cost_tokens: int, budget: TimeBudget | None = None) -> Generation:
+        budget = budget or TimeBudget.unlimited()
         self._count("calls")
         tracker = self.retry_policy.begin()
         attempts = 0
         spent = Shares()
         while True:
-            try:
-                permit = self.limiter.acquire(cost_tokens, self.acquire_timeout_s)
-            except LimiterTimeout:
-                self._count("failures")
-                raise
+            permit = self._acquire(cost_tokens, budget)
             self._count("attempts")
             attempts += 1
             started = self.clock()
@@ -111,7 +116,11 @@ class AdaptiveCaller:
                 spent += self.shares.stop(mark)
                 permit.failure(error)
                 self._count_error(error)
-                decision = tracker.on_error(error)
+                # The budget is read only for an error worth retrying (a line's own error fails it at once).
+                decision = tracker.on_error(error, time_left_s=budget.call_room() if error.retryable else math.inf)
+                if decision.out_of_time:
+                    self._count("out_of_time")
+                    raise OutOfTime(f"no time left to retry after {error.kind.value}") from error
                 if not decision.retry:
                     if decision.reason == "retry budget exhausted":
                         self._count("retry_budget_exhausted")
@@ -140,6 +149,23 @@ class AdaptiveCaller:
                 endpoint_seconds=spent.endpoint_seconds,
                 worker_seconds=spent.worker_seconds,
             )
+
+    def _acquire(self, cost_tokens: int, budget: TimeBudget) -> Permit:
+        """A permit for one attempt, waited for at most `acquire_timeout_s` and only while the budget allows a call."""
+        try:
+            room = budget.check_call()
+        except OutOfTime:
+            self._count("out_of_time")
+            raise
+        timeout = room if self.acquire_timeout_s is None else min(self.acquire_timeout_s, room)
+        try:
+            return self.limiter.acquire(cost_tokens, None if math.isinf(timeout) else timeout)
+        except LimiterTimeout as error:
+            if timeout < room:  # the caller's own wait limit ran out: a fault outside the record
+                self._count("failures")
+                raise
+            self._count("out_of_time")
+            raise OutOfTime("no endpoint slot before the invocation's time ran out") from error
 
     @property
     def stats(self) -> CallerStats:

@@ -6,10 +6,13 @@
 - Waits use AWS "Full Jitter": U(0, min(cap, base * 2^(retry-1))), base 1 s, cap 20 s (performance-model.md 8.4).
 - A shared `RetryBudget` (token bucket) keeps retries to about `ratio` of first attempts, so a sick endpoint is
   not hammered: when it is empty the call fails fast with the last error (performance-model.md 8.5).
+- A wait never runs past the invocation's time for calls (`time_left_s`, the TimeBudget's room): a retry that
+  would have to start later is `out_of_time` instead, left to a later delivery (no budget token spent).
 """
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 from collections.abc import Callable
@@ -55,6 +58,7 @@ class RetryDecision:
     retry: bool
     delay_s: float = 0.0
     reason: str = ""
+    out_of_time: bool = False  # would retry, but not before the invocation's time for calls runs out
 
 
 class RetryPolicy:
@@ -98,8 +102,9 @@ class RetryTracker:
         self.attempts = 1  # the first attempt is under way when the tracker is created
         self.timeouts = 0
 
-    def on_error(self, error: BaseException) -> RetryDecision:
-        """Decide after a failed attempt; a positive decision has consumed a budget token."""
+    def on_error(self, error: BaseException, time_left_s: float = math.inf) -> RetryDecision:
+        """Decide after a failed attempt; a positive decision has consumed a budget token. `time_left_s`: how long
+        this invocation may still wait before an attempt must start."""
         policy = self.policy
         if not isinstance(error, EndpointError) or not error.retryable:
             return RetryDecision(False, reason="not retryable")
@@ -109,8 +114,10 @@ class RetryTracker:
                 return RetryDecision(False, reason="timeout retries exhausted")
         if self.attempts >= policy.max_attempts:
             return RetryDecision(False, reason="attempts exhausted")
+        delay = policy.backoff_s(self.attempts)
+        if delay >= time_left_s:
+            return RetryDecision(False, reason="out of time", out_of_time=True)
         if not policy.budget.try_withdraw():
             return RetryDecision(False, reason="retry budget exhausted")
-        delay = policy.backoff_s(self.attempts)
         self.attempts += 1
         return RetryDecision(True, delay_s=delay, reason=error.kind.value)

@@ -1,12 +1,16 @@
 """SlotShare: this execution environment's share of the endpoint's concurrency, re-divided as environments with
 work come and go.
 
-Each worker environment that has work registers itself (a heartbeat every `refresh_s`, lapsing after three) and
-sizes its limiter to the endpoint's cap divided by the environments registered now: one environment alone (a
-small job, the end of a job) gets all 120 slots, two get 60 each. A newcomer that finds others registered starts
-with only the margin below TGI's limit (8 slots) for one refresh interval, so that the environments already
-running have shrunk their share before it grows: the sum stays under TGI's 128. Cost: one write and one query per environment per
-`refresh_s`, whatever the number of records.
+Each worker environment that has work registers itself with a heartbeat every `refresh_s` (lapsing after three),
+announcing the slots it may hold until its next heartbeat: its share, or more while requests admitted under a
+larger share are still in flight. It sizes its limiter to the smaller of its fair share (the endpoint's cap divided
+by the environments registered) and what the others' announcements leave of the cap. An environment alone (a small
+job, the end of a job) gets all 120 slots; two get 60 each.
+
+It announces a new share before it uses it (a second write, only when its share changes), so what the others read
+bounds what it holds. A newcomer announces only the margin below TGI's limit (8 slots) at first, and grows as the others
+drain to their new share, not before: the sum stays under TGI's 128. Cost: one write and one query per environment
+per `refresh_s` (and a write when its share changes), whatever the number of records.
 """
 
 from __future__ import annotations
@@ -44,23 +48,37 @@ class SlotShare:
         self.clock = clock
         self.environment = environment or uuid.uuid4().hex
         self.sharers: int | None = None
-        self._joined_at: float | None = None
+        # The share in use; announced (with what is in flight above it) at each heartbeat. A newcomer's first
+        # heartbeat announces only the margin below TGI's limit.
+        self._slots = min(newcomer_slots, endpoint_max_concurrency)
         self._lock = threading.Lock()
 
     def refresh(self) -> int:
         """Renew this environment's registration and resize its limiter to its share; returns the sharers."""
         now = self.clock()
-        sharers = max(1, self.registry.heartbeat(self.environment, now + 3 * self.refresh_s, now))
+        until = now + 3 * self.refresh_s
         with self._lock:
-            if self._joined_at is None:
-                self._joined_at = now
-            # Alone, there is no one to wait for; beside others, wait until they have seen us and shrunk.
-            newcomer = sharers > 1 and now - self._joined_at < self.refresh_s
-            slots = min(self.newcomer_slots, self.cap) if newcomer else max(1, self.cap // sharers)
+            # What this environment may hold until its next heartbeat: its share, or what is still in flight.
+            announced = max(self._slots, self.store.snapshot().inflight_count)
+        holdings = self.registry.heartbeat(self.environment, until, now, announced)
+        others = {name: held for name, held in holdings.items() if name != self.environment}
+        sharers = len(others) + 1
+        # Alone: every slot. Beside others: the fair share, and never more than the others' announcements leave.
+        slots = max(1, min(self.cap // sharers, self.cap - sum(others.values()))) if others else self.cap
+        # Announce a change before using it: a larger share, so that the others leave room for it; a smaller one, so
+        # that they may grow as soon as what is in flight here drains.
+        holding = max(slots, self.store.snapshot().inflight_count)
+        if holding != announced:
+            self.registry.heartbeat(self.environment, until, now, holding)
+        with self._lock:
+            self._slots = slots
             # The long-prompt bulkhead (what TGI's KV cache holds of 6,400-token prompts) is the endpoint's, not
-            # each environment's: divided too.
-            long_slots = 1 if newcomer else max(1, LimiterSettings().max_long_inflight or 8) // sharers
-            values: dict[str, Any] = {"max_long_inflight": max(1, long_slots), **self.overrides}
+            # each environment's: divided in proportion.
+            long_slots = max(1, (LimiterSettings().max_long_inflight or 8) * slots // self.cap)
+            # The share starts full: TGI's admission (128, above our cap) and the long-prompt bulkhead bound what may
+            # go wrong, and the limiter still backs off on every 429, timeout and slow answer. Probing up from a
+            # fraction cost a 200-record job 14 % of its throughput (bench/pipeline.py, small job).
+            values: dict[str, Any] = {"max_long_inflight": long_slots, "initial_limit": float(slots), **self.overrides}
             settings = LimiterSettings.for_endpoint(slots, margin=0, sharers=1, **values)
             if settings != self.store.settings:
                 self.store.resize(settings)
@@ -69,7 +87,7 @@ class SlotShare:
 
     def leave(self) -> None:
         with self._lock:
-            self._joined_at = None
+            self._slots = min(self.newcomer_slots, self.cap)  # a later invocation comes back as a newcomer
         self.registry.leave(self.environment)
 
     @contextmanager

@@ -29,7 +29,8 @@ def runtime_client() -> Any:
     return boto3.client(
         "sagemaker-runtime",
         endpoint_url=settings.endpoint_url,
-        config=runtime_client_config(max_pool_connections=max(10, settings.calls_in_flight_per_worker * 2)),
+        # A connection for every slot the environment may hold: alone, it holds the endpoint's whole cap (SlotShare).
+        config=runtime_client_config(max_pool_connections=settings.endpoint_max_concurrency + 8),
     )
 
 

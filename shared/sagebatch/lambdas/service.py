@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Generic, TypeVar
 
 from sagebatch.adapters.dynamodb import Table
@@ -33,22 +35,43 @@ from sagebatch.usecases.worker import ShardProcessor
 
 T = TypeVar("T")
 _BUILDING = threading.RLock()
+# Which Lambda execution environment the calling thread stands for. On AWS each environment is its own process and
+# this is always "default"; the local stack plays several environments of a function in one process
+# (tooling/local/runner.py), and each must build its own objects: its own caller, limiter and share of the endpoint.
+_ENVIRONMENT: ContextVar[str] = ContextVar("sagebatch_execution_environment", default="default")
+
+
+@contextmanager
+def execution_environment(name: str) -> Iterator[None]:
+    """Run the block as the execution environment `name`: what the builders below build is that environment's own."""
+    token = _ENVIRONMENT.set(name)
+    try:
+        yield
+    finally:
+        _ENVIRONMENT.reset(token)
 
 
 class _once(Generic[T]):
-    """Build once per environment, even when several threads ask at once (lru_cache alone may build twice: the
-    local stack runs several invocations of one function in parallel in one process)."""
+    """Build once per execution environment, even when several threads ask at once (lru_cache alone may build
+    twice). Call it on the environment's handler thread: threads a builder starts do not carry the environment, so
+    anything they need is bound when it is built."""
 
     def __init__(self, builder: Callable[[], T]):
         self._builder = builder
-        self._built: list[T] = []
+        self._built: dict[str, T] = {}
         functools.update_wrapper(self, builder)
 
     def __call__(self) -> T:
+        environment = _ENVIRONMENT.get()
         with _BUILDING:
-            if not self._built:
-                self._built.append(self._builder())
-            return self._built[0]
+            if environment not in self._built:
+                self._built[environment] = self._builder()
+            return self._built[environment]
+
+    def built(self) -> list[T]:
+        """What every execution environment has built so far (the local progress line sums over them)."""
+        with _BUILDING:
+            return list(self._built.values())
 
     def cache_clear(self) -> None:
         with _BUILDING:
@@ -89,6 +112,7 @@ def intake() -> Intake:
         _sender(settings.finalize_queue_url),
         settings,
         events=job_events(),
+        resume=_sender(settings.intake_queue_url) if settings.intake_queue_url else None,
     )
 
 
@@ -113,7 +137,12 @@ def slot_share() -> SlotShare:
     settings = get_settings()
     store = endpoint_caller().caller.limiter.store
     assert isinstance(store, InMemoryLimiterStore)
-    return SlotShare(DynamoEnvironmentRegistry(_table(), settings.endpoint_name), store, settings.endpoint_max_concurrency)
+    return SlotShare(
+        DynamoEnvironmentRegistry(_table(), settings.endpoint_name),
+        store,
+        settings.endpoint_max_concurrency,
+        refresh_s=settings.share_refresh_seconds,
+    )
 
 
 @_once
@@ -121,14 +150,26 @@ def worker_invocation() -> WorkerInvocation:
     """Runs an invocation's shards together and takes more from the work queue while it has room."""
     settings = get_settings()
     source = SqsWorkSource(client("sqs"), settings.work_queue_url, settings.work_visibility_timeout_s)
-    return WorkerInvocation(shard_processor(), source if settings.self_feed else None, settings.max_shards_in_flight)
+    return WorkerInvocation(
+        shard_processor(),
+        source if settings.self_feed else None,
+        settings.max_shards_in_flight,
+        call_time_reserve_s=settings.call_time_reserve_s,
+    )
 
 
 def wants_more_work() -> bool:
-    """Take another shard when fewer records wait for a slot than half of this environment's share."""
+    """Whether this environment's invocation should take another shard from the queue (`room_for_more_work`)."""
     store = endpoint_caller().caller.limiter.store
-    waiting = shard_processor().waiting_records + (store.waiting() if isinstance(store, InMemoryLimiterStore) else 0)
-    return waiting < max(1, store.settings.max_inflight // 2)
+    assert isinstance(store, InMemoryLimiterStore)
+    return room_for_more_work(shard_processor().waiting_records, store)
+
+
+def room_for_more_work(waiting_records: int, store: InMemoryLimiterStore) -> bool:
+    """Take another shard when fewer records wait for a slot than half of this environment's share: enough queued
+    to fill every slot that frees up, never so many that a shard waits long for its turn (its lease and checkpoint
+    run meanwhile)."""
+    return waiting_records + store.waiting() < max(1, store.settings.max_inflight // 2)
 
 
 @_once
@@ -136,8 +177,9 @@ def shard_processor() -> ShardProcessor:
     settings = get_settings()
     # Threads for every slot the endpoint has: an environment alone may hold the whole share (SlotShare).
     in_flight = settings.endpoint_max_concurrency
+    caller = endpoint_caller()
     runner = RecordRunner(
-        endpoint_caller(),
+        caller,
         TokenBudget(max_input_length=settings.max_input_length, max_total_tokens=settings.max_total_tokens),
         get_tokenizer(),
         settings.default_max_new_tokens,
@@ -155,13 +197,21 @@ def shard_processor() -> ShardProcessor:
         settings.stop_check_seconds,
         settings.lease_seconds,
         settings.checkpoint_seconds,
-        record_slots=lambda: endpoint_caller().caller.limiter.settings.max_inflight,
+        record_slots=lambda: caller.caller.limiter.settings.max_inflight,  # read on the record threads: bound here
     )
 
 
 @_once
 def finalizer() -> Finalizer:
-    return Finalizer(jobs(), results(), S3ObjectStore(client("s3")), get_settings(), events=job_events())
+    settings = get_settings()
+    return Finalizer(
+        jobs(),
+        results(),
+        S3ObjectStore(client("s3")),
+        settings,
+        events=job_events(),
+        finalize=_sender(settings.finalize_queue_url),
+    )
 
 
 def reset() -> None:

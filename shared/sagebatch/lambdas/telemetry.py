@@ -14,6 +14,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from sagebatch.domain.generation import Generation
+from sagebatch.domain.time_budget import TimeBudget
 from sagebatch.endpoint.caller import AdaptiveCaller, CallerStats
 from sagebatch.lambdas import metrics as names
 from sagebatch.observability import FunctionMetrics
@@ -82,7 +83,7 @@ def endpoint_metrics(delta: CallerStats, latencies_ms: Sequence[float], limit: f
 
 def intake_metrics(outcomes: Sequence[IntakeOutcome]) -> list[Metric]:
     started = sum(1 for o in outcomes if o.job_id is not None and not o.reason)
-    rejected = sum(1 for o in outcomes if o.created and o.reason)
+    rejected = sum(1 for o in outcomes if o.created and o.reason and not o.continues)
     return [Metric(names.JOBS_STARTED, started), Metric(names.JOBS_REJECTED, rejected)]
 
 
@@ -104,8 +105,8 @@ class MeteredCaller:
         self._latencies: deque[float] = deque(maxlen=MAX_LATENCIES)
         self._last = caller.stats
 
-    def invoke(self, payload: dict[str, Any], cost_tokens: int) -> Generation:
-        generation = self.caller.invoke(payload, cost_tokens)
+    def invoke(self, payload: dict[str, Any], cost_tokens: int, budget: TimeBudget | None = None) -> Generation:
+        generation = self.caller.invoke(payload, cost_tokens, budget)
         with self._lock:
             self._latencies.append(generation.latency_ms)
         return generation

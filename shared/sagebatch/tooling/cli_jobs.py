@@ -32,6 +32,7 @@ from sagebatch.domain.formats import dumps_line, native_fields
 from sagebatch.domain.job import Job, JobStatus
 from sagebatch.domain.layout import results_key, s3_uri
 from sagebatch.domain.messages import JOB_ID_PATTERN, CancelRequest, JobSpec, RetryRequest
+from sagebatch.domain.results import ResultLine
 from sagebatch.tooling.cli_args import ExitCode, UsageProblem, parse_fit, parse_params, parse_since
 from sagebatch.tooling.cli_view import WatchDisplay, job_table, jobs_table, stdout_console
 from sagebatch.tooling.stack_outputs import DeadLetterQueue, StackNotUsable, StackOutputs, read_stack_outputs, stack_ref
@@ -319,19 +320,48 @@ def results_command(
     outputs = target.outputs()
     if partial:
         parts = PartsResultStore(S3ObjectStore(aws("s3", outputs.region)), outputs.bucket, _NoCallCache())
+        finished = _Counted(parts.results(job_id))
         lines: Iterator[bytes] = (
             (dumps_line(result.public_json()) + "\n").encode("utf-8")
-            for result in parts.results(job_id)
+            for result in finished
             if not failed_only or result.status != "succeeded"
         )
-    else:
-        try:
-            body = aws("s3", outputs.region).get_object(Bucket=outputs.bucket, Key=results_key(job_id))["Body"]
-        except ClientError as error:
-            if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                return _missing_results(target, job_id)
-            raise
-        lines = (line for line in _lines(body) if not failed_only or _is_failure(line))
+        code = _write_results(lines, out)
+        print(_partial_note(target, job_id, finished.count), file=sys.stderr)
+        return code
+    try:
+        body = aws("s3", outputs.region).get_object(Bucket=outputs.bucket, Key=results_key(job_id))["Body"]
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            return _missing_results(target, job_id)
+        raise
+    return _write_results((line for line in _lines(body) if not failed_only or _is_failure(line)), out)
+
+
+class _Counted(Iterator[ResultLine]):
+    """An iterator that counts what went through it."""
+
+    def __init__(self, items: Iterator[ResultLine]):
+        self._items = items
+        self.count = 0
+
+    def __next__(self) -> ResultLine:
+        item = next(self._items)
+        self.count += 1
+        return item
+
+
+def _partial_note(target: StackTarget, job_id: str, finished: int) -> str:
+    """How much of the job the partial results are: lines of its finished shards, of all its lines."""
+    job = target.jobs()[0].get_job(job_id)
+    if job is None:
+        return f"{finished} lines (no job {job_id} in the stack)"
+    total = "?" if job.total_records is None else str(job.total_records)
+    shards = "?" if job.total_shards is None else str(job.total_shards)
+    return f"{finished} of {total} lines ({job.shards_done} of {shards} shards done; job {job.status})"
+
+
+def _write_results(lines: Iterator[bytes], out: str | None) -> int:
     if out in (None, "-"):
         _to_stdout(lines)
         return ExitCode.OK

@@ -29,12 +29,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from sagebatch.domain import sharding
 from sagebatch.domain.budget import TokenBudget
 from sagebatch.domain.cost import JobCounts, job_cost
 from sagebatch.domain.encoding import UTF8_BOM
 from sagebatch.domain.generation import Generation
 from sagebatch.domain.parameters import Parameters
 from sagebatch.domain.records import FitSettings
+from sagebatch.domain.time_budget import TimeBudget
 from sagebatch.domain.tokens import get_tokenizer
 from sagebatch.endpoint.caller import make_default_caller
 from sagebatch.endpoint.limiter import InMemoryLimiterStore
@@ -104,7 +106,7 @@ class _PlanningEndpoint:
         self._lock = threading.Lock()
         self.calls: list[PlannedCall] = []
 
-    def invoke(self, payload: dict[str, Any], cost_tokens: int) -> Generation:
+    def invoke(self, payload: dict[str, Any], cost_tokens: int, budget: TimeBudget | None = None) -> Generation:
         parameters = payload.get("parameters") or {}
         max_new = int(parameters["max_new_tokens"])
         expected = expected_output(max_new, parameters, self._assumption)
@@ -136,7 +138,8 @@ def shard_lines(data: bytes, settings: Settings) -> list[int]:
         end = len(data) if newline == -1 else newline + 1
         spans.append(LineSpan(start, end))
         start = end
-    return [len(group) for group in group_spans(iter(spans), settings.shard_records, settings.shard_bytes)]
+    max_lines = sharding.shard_lines(len(data), settings.shard_records)  # as intake sizes them by the input's bytes
+    return [len(group) for group in group_spans(iter(spans), max_lines, settings.shard_bytes)]
 
 
 def plan_file(

@@ -27,7 +27,9 @@ class Lease:
     """Hold a lease for the duration of a `with` block, renewing it every third of its length.
 
     `held` turns False if a renewal finds the lease taken over (this holder stalled past its expiry): the caller
-    should stop starting new work. `release` on exit lets a redelivery proceed at once instead of after expiry.
+    should stop starting new work. `release` on exit lets a redelivery proceed at once instead of after expiry,
+    unless the work was `finished()`: then whoever comes next finds it done (asking while the lease is still held,
+    or once it lapsed), and the release would be a write nobody needs.
     """
 
     def __init__(self, store: LeaseItem, seconds: float):
@@ -35,6 +37,7 @@ class Lease:
         self.seconds = seconds
         self.owner = uuid.uuid4().hex
         self.held = False
+        self._finished = False
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
 
@@ -60,6 +63,12 @@ class Lease:
             return False
         return True
 
+    def finished(self) -> None:
+        """The work is done and recorded where a newcomer looks first: stop renewing, and do not release on exit
+        (a write nobody needs; the lease lapses within `seconds`)."""
+        self._finished = True
+        self._stop.set()
+
     def __enter__(self) -> Lease:
         if not self.held and not self.try_acquire():
             raise Busy("another worker holds the lease")
@@ -71,6 +80,8 @@ class Lease:
         self._stop.set()
         if self._heartbeat is not None:
             self._heartbeat.join()
+        if self._finished:
+            return
         try:
             self._store.release(self.owner)
         except Exception:

@@ -4,7 +4,9 @@ The invariant lives here: whatever bytes a line holds, `run` returns exactly one
 becomes a failed result with its own `error.type`; anything else raised while reading, validating, fitting,
 formatting or calling for the line becomes `internal_error` with the exception's class and message (its stack
 trace goes to the log, without the message, which may quote the input). Only `RetryLater` (a retryable endpoint
-failure that outlived the caller's retries) escapes, so the shard comes back.
+failure that outlived the caller's retries) and `OutOfTime` (the invocation's `TimeBudget` allowed no more calls:
+the record is continued by a later delivery, its chunk answers already paid for kept in the call cache) escape, so
+the shard comes back.
 
 Lines in a peer's format (OpenAI Batch, Bedrock batch: domain.formats) are converted to native records before
 validation, in the file's format as intake decided it; a line in another format fails alone. The result keeps the
@@ -36,6 +38,7 @@ from sagebatch.domain.parameters import InvalidParameters, Parameters, describe_
 from sagebatch.domain.prompt import PromptFormatError
 from sagebatch.domain.records import FitSettings, parse_record
 from sagebatch.domain.results import ResultLine, StopReason, Usage, failed, stopped
+from sagebatch.domain.time_budget import OutOfTime, TimeBudget
 from sagebatch.observability import logger
 from sagebatch.ports import CallCache, EndpointCaller
 
@@ -176,8 +179,10 @@ class RecordRunner:
         cache: CallCache | None = None,
         input_format: Format = "native",
         input_format_line: int | None = None,
+        budget: TimeBudget | None = None,
     ) -> ResultLine:
-        """Answer one line: always one result. Raises RetryLater only for retryable endpoint failures.
+        """Answer one line: always one result. Raises RetryLater only for retryable endpoint failures, and
+        OutOfTime when `budget` (the invocation's time) allows none of the calls the line still needs.
 
         `default_id` is the result's id when the record names none (a retry job passes the parent's); else the line.
         `input_format` is the file's format (and `input_format_line` the line that decided it), as intake decided.
@@ -201,9 +206,9 @@ class RecordRunner:
                 except FormatError as error:
                     raise LineFailed("invalid_record", str(error)) from None
                 data, notes = converted.record, converted.notes
-            result = self._answer(line, data, record_id, job_parameters, job_fit, cache, sent)
+            result = self._answer(line, data, record_id, job_parameters, job_fit, cache, sent, budget)
             return _noted(result, notes).model_copy(update={"id_given": given})
-        except RetryLater:
+        except (RetryLater, OutOfTime):
             raise
         except OutsideTheLine as wrapped:
             raise wrapped.error from None
@@ -242,6 +247,7 @@ class RecordRunner:
         job_fit: FitSettings | None,
         cache: CallCache | None,
         sent: _Sent,
+        budget: TimeBudget | None,
     ) -> ResultLine:
         try:
             record = parse_record(data)
@@ -266,7 +272,7 @@ class RecordRunner:
                 fit,
                 self._budget,
                 self._tokenizer,
-                lambda calls: self._generate(calls, body, cache, sent),
+                lambda calls: self._generate(calls, body, cache, sent, budget),
             )
         except BudgetExceeded as error:
             raise LineFailed("context_length_exceeded", str(error), sent.requests) from None
@@ -305,13 +311,14 @@ class RecordRunner:
         )
 
     def _generate(
-        self, calls: Sequence[Call], parameters: dict[str, Any], cache: CallCache | None, sent: _Sent
+        self, calls: Sequence[Call], parameters: dict[str, Any], cache: CallCache | None, sent: _Sent, budget: TimeBudget | None
     ) -> list[Generation]:
         """Run one stage's calls concurrently; every call goes through the same caller and limiter.
 
         A stage of several calls (the chunks of `split` / `map_reduce`) keeps each answer in `cache` as it arrives,
-        so a redelivery after one chunk failed pays only for what is missing. A single call needs no cache: its
-        answer is the record's result, stored as soon as it exists.
+        so a redelivery after one chunk failed (or found no time left) pays only for what is missing. A single call
+        needs no cache: its answer is the record's result, stored as soon as it exists. Each call starts only while
+        `budget` allows one (the caller checks it before every attempt).
         """
         use_cache = cache is not None and len(calls) > 1
 
@@ -331,9 +338,11 @@ class RecordRunner:
                 sent.reuse(call.input_tokens, known.generated_tokens)
                 return known
             try:
-                result = self._caller.invoke(payload, cost_tokens=call.input_tokens)
+                result = self._caller.invoke(payload, cost_tokens=call.input_tokens, budget=budget)
             except EndpointError as error:  # classified: the caller decides (retry later, or the line fails)
                 sent.add(error.attempts, error.endpoint_seconds, error.worker_seconds)
+                raise
+            except OutOfTime:  # not the line's fault, nor a port's: the record waits for a later delivery
                 raise
             except Exception as error:
                 raise OutsideTheLine(error) from error

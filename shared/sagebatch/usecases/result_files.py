@@ -9,14 +9,17 @@ pinned to the version (or ETag) intake read, as a stream beside the stored resul
 one pass pairs them in bounded memory. Should the input be unreadable by then, lines render without it: ids are
 still echoed (a result keeps the peer's id as its own), with the text-completion and echo details lost.
 Every line, in every format, is written with `dumps_line` (no raw line separators, no NaN).
+
+Nothing is spooled: lines go into one in-memory buffer per file, which the finalizer uploads as a multipart part
+whenever it holds a part's worth (usecases.assembly), so a 10M-line job needs neither /tmp nor more than a part
+of memory per file. A resumed assembly reads the input from the byte where its checkpoint stopped.
 """
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Iterator
 from types import TracebackType
-from typing import IO, Any
+from typing import Any
 
 from sagebatch.domain.encoding import UTF8_BOM
 from sagebatch.domain.formats import dumps_line, render
@@ -27,28 +30,44 @@ from sagebatch.observability import logger
 from sagebatch.ports import InputUnreadable, ObjectInfo, ObjectStore
 from sagebatch.usecases.record_runner import LineFailed, parse_line
 
-# Spool to disk past this: a million-line result file must not have to fit in memory.
-SPOOL_BYTES = 64 * 1024 * 1024
 
-
-def input_originals(objects: ObjectStore, job: Job, max_line_bytes: int) -> Iterator[Any]:
+class InputOriginals:
     """Each input line's parsed JSON (None for a line that is not JSON, or too large), in order, read as the workers
-    read it (BOM skipped, trailing CR dropped); then None forever. An unreadable input gives None for every line."""
-    info = ObjectInfo(job.bucket, job.key, job.version_id, job.etag or "", 0)
-    try:
-        for number, raw in enumerate(objects.lines(info), start=1):
-            if number == 1 and raw.startswith(UTF8_BOM):
-                raw = raw[len(UTF8_BOM) :]
-            try:
-                yield parse_line(raw.rstrip(b"\r"), max_line_bytes)
-            except LineFailed:
-                yield None
-    except InputUnreadable as error:
-        logger.warning(
-            "input unreadable at finalize: results rendered without it", extra={"job_id": job.job_id, "reason": str(error)}
-        )
-    while True:
-        yield None
+    read it (BOM skipped, trailing CR dropped), from byte `start` (a line's first) on; then None forever. An
+    unreadable input gives None for every line. `offset`: where the line after the last one taken starts."""
+
+    def __init__(self, objects: ObjectStore, job: Job, max_line_bytes: int, start: int = 0):
+        self.offset = start
+        self._originals = self._read(objects, job, max_line_bytes, start)
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        return next(self._originals)
+
+    def _read(self, objects: ObjectStore, job: Job, max_line_bytes: int, start: int) -> Iterator[Any]:
+        info = ObjectInfo(job.bucket, job.key, job.version_id, job.etag or "", 0)
+        try:
+            for raw in objects.lines(info, start):
+                first = self.offset == 0
+                self.offset += len(raw) + 1  # the newline (past the end after a last line without one: unused)
+                if first and raw.startswith(UTF8_BOM):
+                    raw = raw[len(UTF8_BOM) :]
+                try:
+                    yield parse_line(raw.rstrip(b"\r"), max_line_bytes)
+                except LineFailed:
+                    yield None
+        except InputUnreadable as error:
+            logger.warning(
+                "input unreadable at finalize: results rendered without it", extra={"job_id": job.job_id, "reason": str(error)}
+            )
+        while True:
+            yield None
+
+
+def input_originals(objects: ObjectStore, job: Job, max_line_bytes: int, start: int = 0) -> InputOriginals:
+    return InputOriginals(objects, job, max_line_bytes, start)
 
 
 def is_openai_error(line: dict[str, Any]) -> bool:
@@ -58,33 +77,29 @@ def is_openai_error(line: dict[str, Any]) -> bool:
 
 
 class ResultFiles:
-    """Spools a job's result lines in its output format, then uploads them. Use as a context manager."""
+    """A job's result lines in its output format, rendered into `results` (and, for OpenAI, `errors`): byte buffers
+    that the writer's owner empties as it uploads them (the finalizer: a multipart part at a time)."""
 
     def __init__(self, job: Job, originals: Iterator[Any] | None):
         self._job = job
         self._format = job.output_format
         self._originals = originals if self._format != "native" else None
         self._extra_stop = tuple(job.parameters.stop or ())
-        # Both closed by __exit__.
-        self._results: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)  # noqa: SIM115
-        self._errors: IO[bytes] | None = (
-            tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES) if self._format == "openai" else None  # noqa: SIM115
-        )
-        self.errors = 0
+        self.results = bytearray()
+        self.errors: bytearray | None = bytearray() if self._format == "openai" else None
+        self.error_lines = 0
 
     def __enter__(self) -> ResultFiles:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None) -> None:
-        self._results.close()
-        if self._errors is not None:
-            self._errors.close()
+        return None  # nothing to close: the buffers are memory
 
     def write(self, result: ResultLine) -> None:
         """Add the next result (in line order)."""
         public = result.public_json()
         if self._originals is None:
-            self._results.write(_encoded(public))
+            self.results += _encoded(public)
             return
         original = next(self._originals)
         try:
@@ -95,10 +110,10 @@ class ResultFiles:
             # anyway (its parameter refused) gets here, and it is written without the echo.
             line = self._render(public, None)
             text = _encoded(line)
-        self._results.write(text)
-        if self._errors is not None and is_openai_error(line):
-            self._errors.write(text)
-            self.errors += 1
+        self.results += text
+        if self.errors is not None and is_openai_error(line):
+            self.errors += text
+            self.error_lines += 1
 
     def _render(self, public: dict[str, Any], original: Any) -> dict[str, Any]:
         return render(
@@ -111,12 +126,10 @@ class ResultFiles:
         )
 
     def upload(self, objects: ObjectStore, bucket: str) -> None:
-        """Upload results.jsonl (and errors.jsonl for the OpenAI format, empty when no line is an error)."""
-        self._results.seek(0)
-        objects.upload_file(bucket, results_key(self._job.job_id), self._results)
-        if self._errors is not None:
-            self._errors.seek(0)
-            objects.upload_file(bucket, errors_key(self._job.job_id), self._errors)
+        """Put what the buffers hold as whole files (a small job's, or a tool's); the finalizer streams instead."""
+        objects.put_bytes(bucket, results_key(self._job.job_id), bytes(self.results))
+        if self.errors is not None:
+            objects.put_bytes(bucket, errors_key(self._job.job_id), bytes(self.errors))
 
 
 def _encoded(line: dict[str, Any]) -> bytes:

@@ -7,7 +7,13 @@ and whenever the delivery hands records back (usecases/parts.py).
 
 A stopped job (cancelled, or past its deadline) is checked before each record starts: records already
 in flight finish and are stored as usual, the others get a `cancelled`/`expired` result without a call,
-so the shard still completes and the job still finalizes with one result per line.
+so the shard still completes and the job still finalizes with one result per line. The check is shared by every
+shard of the job running in this execution environment (one job read per interval, `StopChecks`).
+
+The invocation's `TimeBudget` reaches every endpoint call: a call (first attempt, retry, each chunk of a split
+record) starts only while the invocation has more than the reserve left. A record that finds no time left is
+neither failed nor answered: it stays pending, the shard is checkpointed (chunk answers stay in the call cache)
+and handed back, and a later delivery continues it.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from sagebatch.domain.encoding import UTF8_BOM
 from sagebatch.domain.job import ACTIVE, Job, JobStatus, ShardCounts
 from sagebatch.domain.messages import Shard
 from sagebatch.domain.results import ResultLine, ResultUnstorable, decode_result, encode_result, failed
+from sagebatch.domain.time_budget import OutOfTime, TimeBudget
 from sagebatch.observability import logger
 from sagebatch.ports import (
     InputUnreadable,
@@ -31,7 +38,7 @@ from sagebatch.ports import (
     ObjectStore,
     ResultStore,
 )
-from sagebatch.usecases.control.stop import StopCheck
+from sagebatch.usecases.control.stop import StopCheck, StopChecks
 from sagebatch.usecases.finishing import begin_finalize, resume_finalize
 from sagebatch.usecases.lease import Lease
 from sagebatch.usecases.parts import ShardBuffer
@@ -103,7 +110,7 @@ class ShardProcessor:
         self._finalize = finalize
         self._runner = runner
         self._pool = record_pool
-        self._stop_check_seconds = stop_check_seconds
+        self._stop_checks = StopChecks(jobs, stop_check_seconds)
         self._lease_seconds = lease_seconds
         self._checkpoint_seconds = checkpoint_seconds
         self._waiting = 0  # records submitted to the record pool and not started yet
@@ -112,8 +119,10 @@ class ShardProcessor:
         self._gate = _Gate(record_slots)
         self._waiting_lock = threading.Lock()
 
-    def process(self, shard: Shard, final_attempt: bool = False, keep_going: Callable[[], bool] = lambda: True) -> ShardOutcome:
-        """Process the shard. On `final_attempt`, retryable failures are stored as failed results instead of retried."""
+    def process(self, shard: Shard, final_attempt: bool = False, budget: TimeBudget | None = None) -> ShardOutcome:
+        """Process the shard within `budget` (the invocation's time; none: unlimited). On `final_attempt`, retryable
+        failures are stored as failed results instead of retried (records without time left stay pending)."""
+        budget = budget or TimeBudget.unlimited()
         job = self._jobs.get_job(shard.job_id)
         if job is not None and job.status == JobStatus.FINALIZING:
             # A redelivery after the switch: the finalize request may have been lost, ask again.
@@ -121,24 +130,40 @@ class ShardProcessor:
         if job is None or job.status not in ACTIVE:
             logger.info("shard of a job that is not running", extra={"job_id": shard.job_id, "shard": shard.shard})
             return ShardOutcome(0, 0, 0)
-        if self._jobs.shard_done(shard.job_id, shard.shard):
-            # Counted by an earlier delivery that may have failed before the switch to FINALIZING.
-            return ShardOutcome(0, shard.lines, 0, begin_finalize(self._jobs, self._finalize, job.job_id))
         # Two copies of one shard (SQS delivers at least once) must not both call the endpoint: the first takes the
         # shard's lease; a second waits for it to finish (or for a dead holder's lease to lapse), else comes back.
+        # Whether the shard was already counted is asked only when it may be: while the lease is held by another
+        # (`done`), or once its stored results cover every line (`_run`), as a counted shard's part does.
         lease = Lease(self._leases.lease(shard.job_id, f"shard#{shard.shard:08d}"), self._lease_seconds)
-        if not lease.acquire_or_wait(done=lambda: self._jobs.shard_done(shard.job_id, shard.shard), may_wait=keep_going):
-            return ShardOutcome(0, shard.lines, 0)
-        with lease:
-            return self._run(shard, job, final_attempt, lambda: keep_going() and lease.held)
+        if not lease.acquire_or_wait(done=lambda: self._jobs.shard_done(shard.job_id, shard.shard), may_wait=budget.allows_call):
+            # Counted by an earlier delivery, which may have failed before the switch to FINALIZING.
+            return ShardOutcome(0, shard.lines, 0, begin_finalize(self._jobs, self._finalize, job.job_id))
+        with lease, self._stop_checks.watching(job) as stop:
+            return self._run(shard, job, final_attempt, budget, stop, lease)
 
-    def _run(self, shard: Shard, job: Job, final_attempt: bool, keep_going: Callable[[], bool]) -> ShardOutcome:
+    def _run(
+        self,
+        shard: Shard,
+        job: Job,
+        final_attempt: bool,
+        budget: TimeBudget,
+        stop: StopCheck,
+        lease: Lease,
+    ) -> ShardOutcome:
         job_id, last_line = shard.job_id, shard.first_line + shard.lines - 1
-        buffer = ShardBuffer(
-            lambda encoded: self._results.save_checkpoint(job_id, shard.shard, encoded),
-            self._results.load_shard(job_id, shard.shard),
-            self._checkpoint_seconds,
-        )
+        known = self._results.load_shard(job_id, shard.shard)
+        if len(known) >= shard.lines and self._jobs.shard_done(job_id, shard.shard):
+            # Counted by an earlier delivery, which may have failed before the switch to FINALIZING.
+            lease.finished()
+            return ShardOutcome(0, shard.lines, 0, begin_finalize(self._jobs, self._finalize, job_id))
+
+        def save_checkpoint(encoded: list[bytes]) -> None:
+            # Once every line has its answer the part is written next, holding them all: a checkpoint would be a
+            # second write of the same answers (if the part's write fails, they are checkpointed then).
+            if len(encoded) < shard.lines:
+                self._results.save_checkpoint(job_id, shard.shard, encoded)
+
+        buffer = ShardBuffer(save_checkpoint, known, self._checkpoint_seconds)
         reused = sum(1 for line in range(shard.first_line, last_line + 1) if line in buffer)
         delivered = Delivered()
         try:
@@ -150,14 +175,13 @@ class ShardProcessor:
                 if line not in buffer:
                     delivered.add(self._keep(buffer, shard, failed(line, shard.default_id(line), "input_unreadable", str(error))))
         todo = [(line, raw) for line, raw in lines if line not in buffer]
-        stop = StopCheck(self._jobs, job, self._stop_check_seconds)
 
         def answer(line: int, raw: bytes) -> ResultLine | None:
             # A stopped job's record costs no call, so it is answered even when this invocation is out of time.
             reason = stop.reason()
             if reason is not None:
                 return self._runner.not_run(line, raw, reason, shard.default_id(line))
-            if not keep_going():
+            if budget.spent or not lease.held:  # out of time (no need to parse it), or the lease was taken over
                 return None
             try:
                 return self._runner.run(
@@ -169,7 +193,10 @@ class ShardProcessor:
                     self._results.call_cache(job_id, line),
                     input_format=shard.input_format,
                     input_format_line=shard.input_format_line,
+                    budget=budget,
                 )
+            except OutOfTime:
+                return None  # pending even on the final attempt: not the record's failure, only this invocation's
             except RetryLater as error:
                 if final_attempt:
                     return failed(
@@ -199,16 +226,23 @@ class ShardProcessor:
                     delivered.add(result)
         finally:
             if pending or any(future.exception() for future in futures):
-                buffer.checkpoint()  # what this delivery paid for is kept for the next one
+                self._keep_for_next_delivery(job_id, shard, buffer)
         if pending:
             raise ShardIncomplete(f"{pending} of {shard.lines} records of shard {shard.shard} must be retried", delivered)
 
         encoded = buffer.in_line_order()
-        self._results.save_part(job_id, shard.shard, encoded)
+        try:
+            self._results.save_part(job_id, shard.shard, encoded)
+        except Exception:
+            self._results.save_checkpoint(job_id, shard.shard, encoded)  # the answers outlive a failed part write
+            raise
         counts = ShardCounts()
         for stored in encoded:
             counts.add(decode_result(stored))
         self._jobs.complete_shard(job_id, shard.shard, counts)
+        # Counted: a later copy finds the shard done (asked while the lease is held, or from its part once the
+        # lease lapsed), so the lease need not be released (one write less per shard); its item expires with the job.
+        lease.finished()
         finalize_sent = begin_finalize(self._jobs, self._finalize, job_id)
         logger.info(
             "shard done",
@@ -221,6 +255,15 @@ class ShardProcessor:
             },
         )
         return ShardOutcome(len(encoded) - reused, reused, 0, finalize_sent, delivered)
+
+    def _keep_for_next_delivery(self, job_id: str, shard: Shard, buffer: ShardBuffer) -> None:
+        """Checkpoint what this delivery paid for before the shard goes back. A buffer holding every line skipped its
+        checkpoints (its part was to follow), so it is written whole, whatever the buffer thinks it saved."""
+        encoded = buffer.in_line_order()
+        if len(encoded) >= shard.lines:
+            self._results.save_checkpoint(job_id, shard.shard, encoded)
+        else:
+            buffer.checkpoint()
 
     @property
     def waiting_records(self) -> int:

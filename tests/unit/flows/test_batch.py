@@ -4,10 +4,13 @@ room, so the endpoint's slots do not idle between shards and batches."""
 from __future__ import annotations
 
 from sagebatch.domain.job import JobStatus
+from sagebatch.domain.time_budget import TimeBudget
 from sagebatch.fakes import InMemoryWorkSource, drive
 from sagebatch.usecases.batch import Delivery, WorkerInvocation
 from tests.unit.flows.conftest import MakePipeline
 from tests.unit.flows.helpers import job_of, message, prompts
+
+NO_TIME_LEFT = TimeBudget(lambda: 0.0, reserve_s=75)
 
 
 def event_deliveries(queue, count: int) -> list[Delivery]:
@@ -28,7 +31,7 @@ def test_an_invocation_runs_its_shards_and_takes_the_rest_from_the_queue(make_pi
     invocation = WorkerInvocation(pipeline.worker, InMemoryWorkSource(aws.work), max_shards=4)
 
     # When it runs while it may, wanting more work whenever it has room
-    report = invocation.run(event, keep_going=lambda: True, wants_more=lambda: True)
+    report = invocation.run(event, budget=TimeBudget.unlimited(), wants_more=lambda: True)
 
     # Then it processed every shard (two from its event, four taken itself) and the job is ready to finalize
     assert report.failed_message_ids == set() and report.taken == 4
@@ -45,7 +48,7 @@ def test_an_invocation_out_of_time_takes_nothing_more(make_pipeline: MakePipelin
     invocation = WorkerInvocation(pipeline.worker, InMemoryWorkSource(aws.work), max_shards=4)
 
     # When it may not start anything more (its time is nearly up)
-    report = invocation.run(event, keep_going=lambda: False, wants_more=lambda: True)
+    report = invocation.run(event, budget=NO_TIME_LEFT, wants_more=lambda: True)
 
     # Then it took nothing from the queue, and its own shard went back unstarted
     assert report.taken == 0 and len(aws.work.pending()) == 2
@@ -66,7 +69,7 @@ def test_a_failing_shard_taken_from_the_queue_goes_back_to_it(make_pipeline: Mak
     taken: list[int] = []
     source = InMemoryWorkSource(aws.work)
     invocation = WorkerInvocation(pipeline.worker, source, max_shards=2)
-    report = invocation.run(event, keep_going=lambda: True, wants_more=lambda: not taken and not taken.append(1))
+    report = invocation.run(event, budget=TimeBudget.unlimited(), wants_more=lambda: not taken and not taken.append(1))
     # Then the event's shard is a batch item failure and the taken one is visible on the queue again
     assert report.failed_message_ids == {"event-0"}
     assert report.taken == 1 and len(aws.work.pending()) == 1
@@ -80,10 +83,48 @@ def test_the_job_completes_when_invocations_feed_themselves(make_pipeline: MakeP
     invocation = WorkerInvocation(pipeline.worker, InMemoryWorkSource(aws.work), max_shards=3)
 
     # When one invocation runs, then the finalizer
-    invocation.run(event_deliveries(aws.work, 1), keep_going=lambda: True, wants_more=lambda: True)
+    invocation.run(event_deliveries(aws.work, 1), budget=TimeBudget.unlimited(), wants_more=lambda: True)
     drive(aws, pipeline=pipeline)
 
     # Then the job completed with every line answered once
     job = job_of(aws, "j")
     assert job.status is JobStatus.COMPLETED and job.succeeded == 15
     assert len(aws.endpoint.calls) == 15
+
+
+def test_an_invocation_does_not_ask_an_empty_queue_again_at_once(make_pipeline: MakePipeline) -> None:
+    # Given a one-shard job whose only call is held for a while, and an invocation that wants more work
+    import threading
+
+    from sagebatch.fakes import FakeEndpointCaller
+
+    release = threading.Event()
+
+    def held_answer(payload):
+        release.wait(5)
+        return FakeEndpointCaller.default_answer(payload)
+
+    pipeline = make_pipeline(endpoint=FakeEndpointCaller(held_answer))
+    aws = pipeline.aws
+    pipeline.intake.handle_message(message(records=prompts(1), job_id="j"), "m-1")
+    event = event_deliveries(aws.work, 1)
+    source = CountingSource(aws.work)
+    invocation = WorkerInvocation(pipeline.worker, source, max_shards=4)
+
+    # When the shard runs for several of the invocation's rounds on a clock that stands still
+    threading.Timer(0.8, release.set).start()
+    report = invocation.run(event, budget=TimeBudget.unlimited(), wants_more=lambda: True, clock=lambda: 0.0)
+
+    # Then the empty queue was asked once, not once per round
+    assert report.failed_message_ids == set()
+    assert source.receives == 1
+
+
+class CountingSource(InMemoryWorkSource):
+    def __init__(self, queue) -> None:
+        super().__init__(queue)
+        self.receives = 0
+
+    def receive(self, max_items: int):
+        self.receives += 1
+        return super().receive(max_items)

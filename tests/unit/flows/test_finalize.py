@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import itertools
+import json
+import tempfile
+from collections.abc import Callable
+from typing import Any
+
 import pytest
 
 from sagebatch.domain.generation import ErrorKind
 from sagebatch.domain.job import Job, JobStatus
-from sagebatch.domain.layout import manifest_key, results_key
-from sagebatch.domain.results import ResultLine, encode_result
+from sagebatch.domain.layout import assembly_key, errors_key, manifest_key, results_key
+from sagebatch.domain.messages import FinalizeRequest
+from sagebatch.domain.results import RecordError, ResultLine, encode_result
 from sagebatch.fakes import FakeAws, Pipeline, drive
-from sagebatch.usecases.finalize import ResultsIncomplete
+from sagebatch.usecases.finalize import AssemblyPaused, Finalizer, ResultsIncomplete
 
 from .conftest import MakePipeline
 from .helpers import job_of, jsonl, manifest_of, message, prompts, queued_shards, results_of
@@ -165,3 +172,163 @@ def test_duplicate_ids_are_flagged_in_the_results(pipeline: Pipeline, aws: FakeA
     assert [r["notes"] for r in results] == [None, None, ["duplicate id: line 1 has the same id"], None]
     assert [r["id"] for r in results] == ["a", 2, "a", 2]
     assert all("id_given" not in r for r in results)
+
+
+# -- streamed assembly: multipart parts, paused and resumed across deliveries --------------------------------------
+PART = 4096  # bytes a part gathers in these tests (S3's 5 MiB, scaled down; the fake is told the same minimum)
+
+
+def stored_job(aws: FakeAws, shards: int, per_shard: int, output_format: str = "native") -> None:
+    """A FINALIZING job of `shards` x `per_shard` lines with every shard's part stored: outputs of varied length,
+    every fifth line failed, ids that repeat (duplicate-id notes span shards), and for a peer format its input."""
+    bucket = aws.settings.bucket_name
+    aws.objects.MIN_PART_BYTES = PART  # every part but the last must hold a part's worth
+    total = shards * per_shard
+    info = aws.objects.put(bucket, "inputs/in.jsonl", jsonl(*({"custom_id": f"c{n}", "body": {}} for n in range(1, total + 1))))
+    aws.jobs.put(
+        Job(
+            job_id="j",
+            source=f"s3://{bucket}/inputs/in.jsonl",
+            bucket=bucket,
+            key="inputs/in.jsonl",
+            version_id=info.version_id,
+            etag=info.etag,
+            output_format=output_format,  # type: ignore[arg-type]
+            status=JobStatus.FINALIZING,
+            total_records=total,
+            total_shards=shards,
+            shards_done=shards,
+        )
+    )
+    for shard in range(shards):
+        lines = range(shard * per_shard + 1, (shard + 1) * per_shard + 1)
+        aws.results.save_part("j", shard, [encode_result(result_line(line, output_format)) for line in lines])
+
+
+def result_line(line: int, output_format: str) -> ResultLine:
+    record_id = f"c{line}" if output_format == "openai" else f"id{line % 7}"
+    if line % 5 == 0:
+        return ResultLine(id=record_id, id_given=True, line=line, status="failed", error=RecordError(type="x", message="no"))
+    return ResultLine(id=record_id, id_given=True, line=line, status="succeeded", output="word " * (line % 40))
+
+
+def finalizer_of(aws: FakeAws, **options: Any) -> Finalizer:
+    return Finalizer(aws.jobs, aws.results, aws.objects, aws.settings, part_bytes=PART, **options)
+
+
+def stop_every(shards: int) -> Callable[[], bool]:
+    """A keep_going that says stop after every `shards` shards (it is asked once after each)."""
+    asked = itertools.count(1)
+    return lambda: next(asked) % shards != 0
+
+
+def outputs(aws: FakeAws) -> dict[str, bytes | None]:
+    bucket = aws.settings.bucket_name
+    return {key: aws.objects.read_if_exists(bucket, key) for key in (results_key("j"), errors_key("j"))}
+
+
+def one_pass(shards: int, per_shard: int, output_format: str = "native") -> dict[str, bytes | None]:
+    aws = FakeAws.create()
+    stored_job(aws, shards, per_shard, output_format)
+    finalizer_of(aws).finalize("j")
+    return outputs(aws)
+
+
+def finalize_until_done(aws: FakeAws, keep_going: Callable[[], bool]) -> int:
+    """Deliver the finalize message, and each one a pause sends, until the job closes; how many deliveries."""
+    finalizer = finalizer_of(aws, finalize=aws.finalize)
+    aws.finalize.send(FinalizeRequest(job_id="j"))
+    deliveries = 0
+    while (delivery := aws.finalize.receive()) is not None:
+        deliveries += 1
+        finalizer.finalize(FinalizeRequest.model_validate_json(delivery.body).job_id, keep_going)
+    return deliveries
+
+
+def test_a_job_assembled_across_deliveries_is_byte_for_byte_the_one_pass_file(aws: FakeAws) -> None:
+    # Given a job of 12 shards whose results.jsonl takes several parts, with ids repeated across shards
+    stored_job(aws, shards=12, per_shard=6)
+    # When every finalize delivery stops after one shard (mostly between parts), each pause sending the message
+    # that resumes it
+    deliveries = finalize_until_done(aws, stop_every(1))
+    # Then the job took 12 deliveries and completed, with exactly the bytes of one pass, duplicate-id notes included
+    assert deliveries == 12 and job_of(aws, "j").status is JobStatus.COMPLETED
+    assert outputs(aws) == one_pass(shards=12, per_shard=6)
+    assert "duplicate id: line 1 has the same id" in (outputs(aws)[results_key("j")] or b"").decode()
+    assembly = manifest_of(aws, "j")["assembly"]
+    assert assembly["deliveries"] == 12 and assembly["results_parts"] > 2
+
+
+def test_openai_errors_jsonl_is_the_same_across_pauses(aws: FakeAws) -> None:
+    # Given an OpenAI-format job (its lines rendered from the input, re-read from where each pause stopped)
+    stored_job(aws, shards=10, per_shard=8, output_format="openai")
+    # When it is assembled 3 shards per delivery
+    finalize_until_done(aws, stop_every(3))
+    # Then results.jsonl and errors.jsonl are those of one pass, each custom_id echoed from its own input line
+    files = outputs(aws)
+    assert files == one_pass(shards=10, per_shard=8, output_format="openai")
+    results = [json.loads(line) for line in (files[results_key("j")] or b"").splitlines()]
+    assert [r["custom_id"] for r in results] == [f"c{n}" for n in range(1, 81)]
+    assert len((files[errors_key("j")] or b"").splitlines()) == 16
+
+
+def test_a_checkpoint_whose_upload_vanished_starts_over(aws: FakeAws) -> None:
+    # Given an assembly paused with parts uploaded, whose multipart upload was then aborted (e.g. by a lifecycle rule)
+    stored_job(aws, shards=12, per_shard=6)
+    with pytest.raises(AssemblyPaused):
+        finalizer_of(aws).finalize("j", stop_every(6))
+    checkpoint = json.loads(aws.objects.read_bytes(aws.settings.bucket_name, assembly_key("j")))
+    aws.objects.abort_multipart(aws.settings.bucket_name, results_key("j"), checkpoint["results"]["upload_id"])
+    # When the next delivery goes on
+    outcome = finalizer_of(aws).finalize("j")
+    # Then it starts over and writes the whole file, the checkpoint gone
+    assert outcome.status == JobStatus.COMPLETED
+    assert outputs(aws) == one_pass(shards=12, per_shard=6)
+    assert aws.objects.read_if_exists(aws.settings.bucket_name, assembly_key("j")) is None
+
+
+def test_a_pause_sends_a_fresh_finalize_message_and_reports_success(aws: FakeAws) -> None:
+    # Given a job of several shards and a finalizer that has the finalize queue
+    stored_job(aws, shards=4, per_shard=6)
+    # When its time runs out after the first shard
+    outcome = finalizer_of(aws, finalize=aws.finalize).finalize("j", lambda: False)
+    # Then it returns (no receive of its own message burnt), a new finalize message queued, the job still FINALIZING
+    assert outcome.paused and outcome.results_uri is None
+    assert FinalizeRequest.model_validate_json(aws.finalize.receive().body).job_id == "j"  # type: ignore[union-attr]
+    assert job_of(aws, "j").status is JobStatus.FINALIZING
+
+
+def test_assembly_never_uses_temporary_files(aws: FakeAws, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given temporary files (Lambda's /tmp is 512 MB) that fail if anything asks for one
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a temporary file was asked for")
+
+    for name in ("SpooledTemporaryFile", "TemporaryFile", "NamedTemporaryFile", "mkstemp", "mkdtemp"):
+        monkeypatch.setattr(tempfile, name, refuse)
+    stored_job(aws, shards=8, per_shard=6, output_format="openai")
+    # When a job of several parts is finalized; Then it completes
+    assert finalizer_of(aws).finalize("j").status == JobStatus.COMPLETED
+
+
+def test_an_empty_job_still_gets_an_empty_results_file(aws: FakeAws) -> None:
+    # Given a finalizing job of no lines
+    stored_job(aws, shards=0, per_shard=0)
+    # When it is finalized
+    finalizer_of(aws).finalize("j")
+    # Then results.jsonl exists and is empty, written as one part
+    assert outputs(aws)[results_key("j")] == b""
+    assert manifest_of(aws, "j")["assembly"]["results_parts"] == 1
+
+
+def test_the_manifest_names_the_result_parts_by_prefix_pattern_and_count(aws: FakeAws) -> None:
+    # Given a job of 12 shards
+    stored_job(aws, shards=12, per_shard=6)
+    # When it is finalized
+    finalizer_of(aws).finalize("j")
+    # Then the manifest says where its 12 parts are without listing each
+    bucket = aws.settings.bucket_name
+    assert manifest_of(aws, "j")["result_parts"] == {
+        "prefix": f"s3://{bucket}/outputs/j/parts/",
+        "key_pattern": "outputs/j/parts/{shard:08d}.jsonl",
+        "count": 12,
+    }

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import gzip
+import json
+from collections.abc import Callable
 
 import pytest
 
+from sagebatch.domain.deadline import DAY_S
 from sagebatch.domain.generation import ErrorKind
 from sagebatch.domain.job import JobStatus
 from sagebatch.domain.layout import job_input_key
-from sagebatch.domain.messages import FinalizeRequest
+from sagebatch.domain.messages import FinalizeRequest, Shard
 from sagebatch.fakes import FakeAws, FakeEndpointCaller, Pipeline, drive
 from sagebatch.ports import SendFailed
 from sagebatch.usecases.intake import S3Drop, job_id_for, retry_job_id
@@ -351,3 +354,128 @@ def test_an_empty_input_whose_finalize_message_failed_is_finalized_on_redelivery
     drive(aws, pipeline=pipeline)
     # Then the job completes
     assert job_of(aws, "j").status is JobStatus.COMPLETED
+
+
+# -- long inputs: a checkpointed, resumable enqueue -------------------------------------------------
+def stop_after_batches(batches: int) -> Callable[[], bool]:
+    """A keep_going that lets intake send `batches` batches of ten shards (it asks after each), then says stop."""
+    answers = iter([True] * (batches - 1))
+    return lambda: next(answers, False)
+
+
+def ranges(shards: list[Shard]) -> list[tuple[int, int, int, int, int]]:
+    return sorted((s.shard, s.first_line, s.lines, s.start, s.end) for s in shards)
+
+
+def put_input(aws: FakeAws, lines: int) -> str:
+    """A file of `lines` prompts; the body of a job message over it (job id "j")."""
+    aws.objects.put(bucket(aws), "inputs/long.jsonl", jsonl(*prompts(lines)))
+    return message(input=f"s3://{bucket(aws)}/inputs/long.jsonl", job_id="j")
+
+
+def test_an_intake_stopped_and_resumed_sends_exactly_the_shards_of_one_pass(make_pipeline: MakePipeline) -> None:
+    # Given 95 lines in shards of 2 (48 shards), enqueued in one pass on a stack of their own
+    one_pass = make_pipeline(shard_records=2)
+    one_pass.intake.handle_message(put_input(one_pass.aws, 95), "m-1")
+    expected = ranges(queued_shards(one_pass.aws))
+    # When another intake of them stops after two batches, and the message it sent itself is handled
+    pipeline = make_pipeline(shard_records=2)
+    aws = pipeline.aws
+    (first,) = pipeline.intake.handle_message(put_input(aws, 95), "m-1", stop_after_batches(2))
+    stopped = job_of(aws, "j")
+    (resume,) = aws.intake.pending()
+    (second,) = pipeline.intake.handle_message(resume, "m-2")
+    # Then the first left the job CREATING without totals, its progress saved after shard 20, and a resume_intake
+    assert first.continues and stopped.status is JobStatus.CREATING and stopped.total_records is None
+    assert stopped.intake_progress is not None
+    assert (stopped.intake_progress.next_shard, stopped.intake_progress.next_line) == (20, 41)
+    assert json.loads(resume) == {"action": "resume_intake", "job_id": "j"}
+    # And together they sent the one pass's shards, each once, and started the job with its totals
+    assert ranges(queued_shards(aws)) == expected and len(expected) == 48
+    job = job_of(aws, "j")
+    assert (second.reason, job.status, job.total_records, job.total_shards) == ("", JobStatus.RUNNING, 95, 48)
+
+
+def test_a_job_enqueued_over_two_invocations_completes_with_one_result_a_line(make_pipeline: MakePipeline) -> None:
+    # Given an intake of 95 lines (48 shards) that stops after its first batch
+    pipeline = make_pipeline(shard_records=2)
+    aws = pipeline.aws
+    pipeline.intake.handle_message(put_input(aws, 95), "m-1", stop_after_batches(1))
+    # When everything runs: the resume_intake message, the shards, the finalize
+    drive(aws, pipeline=pipeline)
+    # Then every line has one result, and the job's counts are the file's
+    assert [r["line"] for r in results_of(aws, "j")] == list(range(1, 96))
+    job = job_of(aws, "j")
+    assert (job.status, job.total_records, job.total_shards, job.shards_done, job.succeeded) == (
+        JobStatus.COMPLETED,
+        95,
+        48,
+        48,
+        95,
+    )
+
+
+def test_shards_sent_again_after_a_crash_before_the_checkpoint_are_processed_once(make_pipeline: MakePipeline) -> None:
+    # Given an intake that saves its progress every 10 shards, and a work queue that takes 35 messages, then fails
+    pipeline = make_pipeline(shard_records=2, intake_checkpoint_shards=10, intake_send_threads=1)
+    aws = pipeline.aws
+    body = put_input(aws, 95)
+    aws.work.fail_after = 35
+    with pytest.raises(SendFailed):
+        pipeline.intake.handle_message(body, "m-1")
+    saved = job_of(aws, "j").intake_progress
+    # When the message is redelivered once the queue recovered, and everything runs
+    aws.work.fail_after = None
+    drive(aws, body, pipeline=pipeline)
+    # Then intake had saved the 30 shards surely sent, resumed there, and sent the 5 after them twice
+    sent = [Shard.model_validate_json(body).shard for body in aws.work.sent]
+    assert saved is not None and saved.next_shard == 30
+    assert sorted(n for n in set(sent) if sent.count(n) > 1) == [30, 31, 32, 33, 34]
+    assert len(set(sent)) == 48
+    # Yet each line was called once and has one result, and each shard counted once
+    assert len(aws.endpoint.calls) == 95
+    assert [r["line"] for r in results_of(aws, "j")] == list(range(1, 96))
+    job = job_of(aws, "j")
+    assert (job.status, job.total_records, job.shards_done, job.succeeded) == (JobStatus.COMPLETED, 95, 48, 95)
+
+
+def test_a_resumed_retry_keeps_each_lines_place_in_the_parent(make_pipeline: MakePipeline) -> None:
+    # Given a finished job of 30 lines that all failed once (one a shard), and a retry whose intake stops after a batch
+    pipeline = make_pipeline(shard_records=1)
+    aws = pipeline.aws
+    aws.endpoint.fail(ErrorKind.VALIDATION, containing="question", times=30)
+    drive(aws, message(records=prompts(30), job_id="parent"), pipeline=pipeline)
+    (first,) = pipeline.intake.handle_message(message(action="retry", job_id="parent"), "m-9", stop_after_batches(1))
+    # When the retry's intake resumes and the child runs
+    drive(aws, pipeline=pipeline)
+    # Then the child has all 30 lines, each traced back to its parent's line
+    results = results_of(aws, retry_job_id("parent"))
+    assert first.continues and job_of(aws, retry_job_id("parent")).total_records == 30
+    assert [(r["line"], r["parent_line"], r["status"]) for r in results] == [(n, n, "succeeded") for n in range(1, 31)]
+
+
+def test_a_resume_message_for_a_started_job_changes_nothing(pipeline: Pipeline, aws: FakeAws) -> None:
+    # Given a job whose intake finished
+    pipeline.intake.handle_message(message(records=prompts(3), job_id="j"), "m-1")
+    queued_shards(aws)
+    # When a resume_intake for it arrives (a duplicate, or forged)
+    (outcome,) = pipeline.intake.handle_message(message(action="resume_intake", job_id="j"), "m-2")
+    # Then nothing is sent and the job is as it was
+    assert (outcome.job_id, outcome.created, outcome.reason) == ("j", False, "duplicate")
+    assert queued_shards(aws) == [] and job_of(aws, "j").status is JobStatus.RUNNING
+
+
+# -- deadlines ------------------------------------------------------------------------------------
+def test_a_job_without_a_deadline_gets_one_derived_from_its_input_size(pipeline: Pipeline, aws: FakeAws) -> None:
+    # Given a small job message without deadline_s, and no deployment default; When intake starts it
+    pipeline.intake.handle_message(message(records=prompts(3), job_id="j"), "m-1")
+    # Then its deadline is the derived one for a small input: a day
+    job = job_of(aws, "j")
+    assert job.deadline_at == pytest.approx(job.created_at + DAY_S)
+
+
+def test_a_message_deadline_still_wins(pipeline: Pipeline, aws: FakeAws) -> None:
+    # Given a job message with its own deadline_s; When intake starts it; Then that is its deadline
+    pipeline.intake.handle_message(message(records=prompts(3), job_id="j", deadline_s=600), "m-1")
+    job = job_of(aws, "j")
+    assert job.deadline_at == pytest.approx(job.created_at + 600)

@@ -10,7 +10,8 @@ import pytest
 from sagebatch.domain.generation import ErrorKind
 from sagebatch.domain.job import JobStatus
 from sagebatch.domain.messages import FinalizeRequest, Shard
-from sagebatch.fakes import FakeAws, Pipeline, drive
+from sagebatch.domain.time_budget import TimeBudget
+from sagebatch.fakes import FakeAws, Pipeline, build_pipeline, drive, fake_settings
 from sagebatch.ports import SendFailed
 from sagebatch.usecases.lease import Busy
 from sagebatch.usecases.worker import ShardIncomplete, ShardOutcome
@@ -212,7 +213,7 @@ def test_a_worker_out_of_time_sends_the_shard_back_without_calls(pipeline: Pipel
     (shard,) = submit(pipeline, prompts(2))
     # When it is processed; Then it comes back untouched
     with pytest.raises(ShardIncomplete):
-        pipeline.worker.process(shard, keep_going=lambda: False)
+        pipeline.worker.process(shard, budget=TimeBudget(lambda: 0.0, reserve_s=75))
     assert aws.endpoint.calls == [] and list(aws.results.results("j")) == []
 
 
@@ -222,7 +223,7 @@ def test_a_shard_another_worker_holds_comes_back(pipeline: Pipeline, aws: FakeAw
     assert aws.leases.lease("j", "shard#00000000").acquire("other-worker", 60)
     # When a second copy arrives and may not wait; Then it is told the shard is busy, and calls nothing
     with pytest.raises(Busy):
-        pipeline.worker.process(shard, keep_going=lambda: False)
+        pipeline.worker.process(shard, budget=TimeBudget(lambda: 0.0, reserve_s=75))
     assert aws.endpoint.calls == []
 
 
@@ -267,3 +268,65 @@ def test_a_failure_between_counting_the_last_shard_and_finalizing_is_recovered(
     # Then the job moves on to finalizing and sends its finalize message
     assert job_of(aws, "j").status is JobStatus.FINALIZING
     assert aws.finalize.messages(FinalizeRequest) == [FinalizeRequest(job_id="j")]
+
+
+def test_a_counted_shards_lease_is_left_to_lapse_and_a_later_copy_costs_no_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a job of two shards on a clock the test moves, and a lease store that notes its releases
+    now = [1000.0]
+    aws = FakeAws.create(fake_settings(shard_records=2), clock=lambda: now[0])
+    releases: list[tuple[str, str, str]] = []
+    monkeypatch.setattr(aws.leases, "release_lease", lambda *args: releases.append(args))
+    with build_pipeline(aws, in_flight=2) as pipeline:
+        first, _ = submit(pipeline, prompts(4))
+
+        # When its first shard is processed, and a copy of it arrives after the lease lapsed
+        pipeline.worker.process(first)
+        now[0] += aws.settings.lease_seconds + 1
+        again = pipeline.worker.process(first)
+
+    # Then the counted shard's lease was not released (a write nobody needs), and the copy reused its results
+    assert [name for _, name, _ in releases if name.startswith("shard#")] == []
+    assert again == ShardOutcome(stored=0, reused=2, pending=0)
+    assert len(aws.endpoint.calls) == 2 and job_of(aws, "j").shards_done == 1
+
+
+def test_a_shards_last_answer_is_written_in_its_part_not_in_a_checkpoint_too(make_pipeline: MakePipeline) -> None:
+    # Given a worker that checkpoints every answer, and a job of one shard of three prompts
+    pipeline = make_pipeline(checkpoint_seconds=0)
+    aws = pipeline.aws
+    checkpoints: list[int] = []
+    save = aws.results.save_checkpoint
+    aws.results.save_checkpoint = lambda job_id, shard, encoded: checkpoints.append(len(encoded)) or save(job_id, shard, encoded)  # type: ignore[method-assign]
+    (shard,) = submit(pipeline, prompts(3))
+
+    # When it is processed
+    pipeline.worker.process(shard)
+
+    # Then answers were checkpointed as they came, but none held all three: the part did
+    assert checkpoints and max(checkpoints) < 3
+    assert statuses(aws) == [(1, "succeeded"), (2, "succeeded"), (3, "succeeded")]
+
+
+def test_answers_whose_part_could_not_be_written_are_kept_for_the_next_delivery(pipeline: Pipeline, aws: FakeAws) -> None:
+    # Given a shard of three prompts, and a store that fails the shard's part write once
+    (shard,) = submit(pipeline, prompts(3))
+    save_part = aws.results.save_part
+    failures = [RuntimeError("S3 unavailable")]
+
+    def fails_once(*args: object) -> None:
+        if failures:
+            raise failures.pop()
+        save_part(*args)  # type: ignore[arg-type]
+
+    aws.results.save_part = fails_once  # type: ignore[method-assign]
+
+    # When it is processed (the message comes back), and delivered again
+    with pytest.raises(RuntimeError):
+        pipeline.worker.process(shard)
+    kept = sorted(aws.results.load_shard("j", 0))
+    outcome = pipeline.worker.process(shard)
+
+    # Then the answers were checkpointed and reused: three calls in all, the shard counted once
+    assert kept == [1, 2, 3]
+    assert outcome == ShardOutcome(stored=0, reused=3, pending=0, finalize_sent=True)
+    assert len(aws.endpoint.calls) == 3 and job_of(aws, "j").succeeded == 3

@@ -16,7 +16,7 @@ import random
 import re
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -25,6 +25,7 @@ from sagebatch.tooling.emulator.tgi import TgiError, TgiLimits, deterministic_co
 
 _INVOKE_PATH = re.compile(r"^/endpoints/(?P<name>[^/]+)/invocations$")
 _ACCOUNT = "123456789012"
+STATS_PATH = "/stats"
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,11 @@ class Emulator:
         self._lock = threading.Lock()
         self._random = random.Random(faults.seed)
         self.seen_inputs: list[str] = []  # for tests: what reached the "GPU"
+
+    def stats_snapshot(self) -> dict[str, int]:
+        """The counters at one instant (GET /stats)."""
+        with self._lock:
+            return asdict(self.stats)
 
     def invoke(self, endpoint_name: str, raw_body: bytes) -> tuple[int, dict[str, str], bytes]:
         with self._lock:
@@ -272,8 +278,13 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def do_GET(self) -> None:
-        body = b'{"status": "healthy"}' if self.path in ("/ping", "/health") else b"{}"
-        self.send_response(200 if self.path in ("/ping", "/health") else 404)
+        if self.path == STATS_PATH:  # the counters, for a caller in another process (emulator/process.py)
+            status, body = 200, json.dumps(self.emulator.stats_snapshot()).encode()
+        elif self.path in ("/ping", "/health"):
+            status, body = 200, b'{"status": "healthy"}'
+        else:
+            status, body = 404, b"{}"
+        self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -283,15 +294,20 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # The listen backlog, read when the socket starts listening (in the constructor): the default 5 drops the
+    # connections of 120 callers that connect at once, which they see as connect timeouts.
+    request_queue_size = 256
+
+
 class EmulatorServer:
     """Serve an `Emulator` on loopback in a background thread."""
 
     def __init__(self, emulator: Emulator | None = None, host: str = "127.0.0.1", port: int = 0):
         self.emulator = emulator or Emulator()
         handler = type("Handler", (_Handler,), {"emulator": self.emulator})
-        self._server = ThreadingHTTPServer((host, port), handler)
-        self._server.daemon_threads = True
-        self._server.request_queue_size = 256
+        self._server = _Server((host, port), handler)
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="emulator", daemon=True
         )

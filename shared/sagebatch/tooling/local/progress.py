@@ -33,12 +33,11 @@ def progress_line(
 
 
 def _limit() -> float | None:
+    """The worker environments' limits together (None before the first worker invocation)."""
     from sagebatch.lambdas import service
 
-    try:
-        return float(service.endpoint_caller().caller.limiter.limit)
-    except Exception:  # not built yet (no worker invocation so far)
-        return None
+    callers = service.endpoint_caller.built()
+    return float(sum(caller.caller.limiter.limit for caller in callers)) if callers else None
 
 
 @contextmanager

@@ -6,7 +6,7 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,9 @@ from sagebatch.adapters.results import DynamoCallCacheStore
 from sagebatch.domain.job import FINISHED, JobStatus
 from sagebatch.domain.layout import errors_key, manifest_key, results_key
 from sagebatch.lambdas import service
+from sagebatch.tooling.emulator.process import EmulatorProcess
 from sagebatch.tooling.emulator.server import Emulator, EmulatorConfig
+from sagebatch.tooling.local.moto_speedups import moto_speedups
 from sagebatch.tooling.local.runner import EventSourcePoller
 from sagebatch.tooling.local.stack import REGION, LocalStack, moto_requests_one_at_a_time, use_fake_aws_environment
 from sagebatch.tooling.local.template import default_template_path, load_template
@@ -33,31 +35,37 @@ FINAL_STATES = FINISHED
 class LocalRun:
     stack: LocalStack
     poller: EventSourcePoller
+    _clients: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def client(self, service: str) -> Any:
+        """One boto3 client per service for the run: making one costs milliseconds of Python (botocore copies its
+        event hooks), and the wait loop and the progress line read the job many times a second."""
+        if service not in self._clients:
+            self._clients[service] = boto3.client(service, region_name=REGION)
+        return self._clients[service]
 
     @property
     def jobs(self) -> DynamoJobStore:
-        return DynamoJobStore(Table(boto3.client("dynamodb", region_name=REGION), self.stack.table))
+        return DynamoJobStore(Table(self.client("dynamodb"), self.stack.table))
 
     @property
     def result_store(self) -> PartsResultStore:
         return PartsResultStore(
-            S3ObjectStore(boto3.client("s3", region_name=REGION)),
+            S3ObjectStore(self.client("s3")),
             self.stack.bucket,
-            DynamoCallCacheStore(Table(boto3.client("dynamodb", region_name=REGION), self.stack.table)),
+            DynamoCallCacheStore(Table(self.client("dynamodb"), self.stack.table)),
         )
 
     def drop_file(self, data: bytes, key: str) -> str:
         """Upload under the bucket's key (e.g. inputs/x.jsonl) and return the job id S3's notification will create."""
-        response = boto3.client("s3", region_name=REGION).put_object(Bucket=self.stack.bucket, Key=key, Body=data)
+        response = self.client("s3").put_object(Bucket=self.stack.bucket, Key=key, Body=data)
         # moto's notifications carry no versionId (aws-reliability.md, trap 2), so intake keys the job on the
         # ETag here; on AWS the notification's versionId is used.
         return S3Drop(self.stack.bucket, key, version_id=None, etag=response["ETag"]).job_id
 
     def submit_job(self, spec: dict[str, Any]) -> str:
         """Send a job message to the intake queue; returns its SQS message id."""
-        response = boto3.client("sqs", region_name=REGION).send_message(
-            QueueUrl=self.stack.queue_url("IntakeQueue"), MessageBody=json.dumps(spec)
-        )
+        response = self.client("sqs").send_message(QueueUrl=self.stack.queue_url("IntakeQueue"), MessageBody=json.dumps(spec))
         return response["MessageId"]
 
     def cancel(self, job_id: str) -> str:
@@ -88,14 +96,14 @@ class LocalRun:
 
     def jobs_in_table(self) -> list[str]:
         """Ids of every job item in the table (tests use it to prove no second job was made)."""
-        paginator = boto3.client("dynamodb", region_name=REGION).get_paginator("scan")
+        paginator = self.client("dynamodb").get_paginator("scan")
         ids = []
         for page in paginator.paginate(TableName=self.stack.table):
             ids += [item["job_id"]["S"] for item in page["Items"] if item["sk"]["S"] == "META"]
         return sorted(ids)
 
     def read(self, key: str) -> bytes:
-        return boto3.client("s3", region_name=REGION).get_object(Bucket=self.stack.bucket, Key=key)["Body"].read()
+        return self.client("s3").get_object(Bucket=self.stack.bucket, Key=key)["Body"].read()
 
     def results(self, job_id: str) -> list[dict[str, Any]]:
         return [json.loads(line) for line in self.read(results_key(job_id)).splitlines()]
@@ -110,19 +118,29 @@ def local_stack(
     parameters: dict[str, Any] | None = None,
     emulator: Emulator | EmulatorConfig | None = None,
     parallel: int = 4,
+    emulator_process: bool = False,
 ) -> Iterator[LocalRun]:
     """Start moto, create the template's resources, start the emulator, point the handlers at them.
 
     `emulator` is a ready `Emulator`, or an `EmulatorConfig` (faults, perf model, proxy) to build one for the
-    template's endpoint name; None is the plain emulator.
+    template's endpoint name; None is the plain emulator. `emulator_process` serves an `EmulatorConfig` (or the
+    plain emulator) from a process of its own: the pipeline keeps this process's GIL, and the emulator's state is
+    read over HTTP (`stats` only).
     """
     from moto import mock_aws
 
-    if isinstance(emulator, EmulatorConfig):
-        emulator = emulator.build(_endpoint_name(template_path, parameters))
+    served: Emulator | EmulatorProcess | None
+    if emulator_process:
+        if isinstance(emulator, Emulator):
+            raise ValueError("an Emulator object lives in this process; pass an EmulatorConfig to run it in its own")
+        served = EmulatorProcess(emulator or EmulatorConfig(), _endpoint_name(template_path, parameters))
+    elif isinstance(emulator, EmulatorConfig):
+        served = emulator.build(_endpoint_name(template_path, parameters))
+    else:
+        served = emulator
     use_fake_aws_environment()
-    with mock_aws(), moto_requests_one_at_a_time():
-        stack = LocalStack(template_path, parameters, emulator).create()
+    with mock_aws(), moto_requests_one_at_a_time(), moto_speedups():
+        stack = LocalStack(template_path, parameters, served).create()
         try:
             stack.apply_environment()
             service.reset()
@@ -152,7 +170,7 @@ def run_file(
     `emulator` configures the endpoint emulator (fault knobs, perf model, proxy to a real model server); `watch`,
     if given, is entered around the run (the CLI's live progress line).
     """
-    with local_stack(emulator=emulator) as run:
+    with local_stack(emulator=emulator, emulator_process=True) as run:
         job_id = run.drop_file(path.read_bytes(), f"inputs/{path.name}")
         with watch(run, job_id) if watch is not None else nullcontext():
             status = run.wait_for(job_id, timeout_s)

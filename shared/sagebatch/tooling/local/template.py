@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,9 +50,11 @@ class SqsTrigger:
     queue: str  # logical id of the queue
     batch_size: int
     max_concurrency: int | None
+    batching_window_s: float = 0.0  # MaximumBatchingWindowInSeconds (0, the default for standard queues)
 
 
-def sqs_triggers(template: dict[str, Any], root: Path) -> list[SqsTrigger]:
+def sqs_triggers(template: dict[str, Any], root: Path, resolve: Callable[[Any], Any] = lambda value: value) -> list[SqsTrigger]:
+    """Every SQS event source of the template's functions; `resolve` turns a `Ref` to a parameter into its value."""
     triggers = []
     for name, resource in template["Resources"].items():
         if resource["Type"] != "AWS::Serverless::Function":
@@ -64,10 +67,15 @@ def sqs_triggers(template: dict[str, Any], root: Path) -> list[SqsTrigger]:
                 continue
             ep = event["Properties"]
             queue = ep["Queue"]["Fn::GetAtt"][0]
-            concurrency = (ep.get("ScalingConfig") or {}).get("MaximumConcurrency")
+            concurrency = resolve((ep.get("ScalingConfig") or {}).get("MaximumConcurrency"))
             triggers.append(
                 SqsTrigger(
-                    name, handler_path, queue, int(ep.get("BatchSize", 10)), concurrency if isinstance(concurrency, int) else None
+                    name,
+                    handler_path,
+                    queue,
+                    int(resolve(ep.get("BatchSize", 10))),
+                    int(concurrency) if isinstance(concurrency, int | str) else None,  # None: an unresolved Ref
+                    float(resolve(ep.get("MaximumBatchingWindowInSeconds", 0))),
                 )
             )
     return triggers
