@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TOOLS_STAMP := $(TOOLS)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test lint unit tooling bench bench-tokenize bench-calibration bench-saturation bench-layer bench-estimate clean setup
+.PHONY: run test lint unit tooling bench bench-tokenize bench-calibration bench-saturation bench-layer bench-estimate bench-pipeline bench-cost bench-large bench-intake clean setup
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,22 @@ bench-saturation: $(STAMP)
 ## make bench-estimate: `sagebatch estimate` against `sagebatch run --perf` on the four workloads (~1.5 min)
 bench-estimate: $(STAMP)
 	$(PY) bench/estimate.py
+
+## make bench-pipeline: the whole pipeline (as deployed, and `sagebatch run`) against the best fixed client (~9 min)
+bench-pipeline: $(STAMP)
+	$(PY) bench/pipeline.py
+
+## make bench-cost: AWS requests, Lambda GB-s and plumbing $ per 1,000 records, next to the endpoint's cost (~3 min)
+bench-cost: $(STAMP)
+	$(PY) bench/cost.py
+
+## make bench-large: intake, workers and assembly of 100k and 1M records on the fakes, plus `sagebatch run` at 10k (~6 min)
+bench-large: $(STAMP)
+	$(PY) bench/large_job.py
+
+## make bench-intake: intake of 1M and 10M lines on the fakes (records/s, memory; ~1 min)
+bench-intake: $(STAMP)
+	$(PY) bench/intake.py
 
 ## make bench-layer: the Lambda layer's unzipped size and each handler's import time (sam build + 30 imports, ~1 min)
 bench-layer: $(STAMP) $(TOOLS_STAMP)

@@ -39,8 +39,6 @@ import random
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,12 +87,12 @@ class Workload:
 SHORT = {129: 1.0}
 LONG = {6401: 1.0}
 WORKLOADS = [
-    Workload("129 tok", ((SHORT, 1000),), 2, (96, 120, 128)),
-    Workload("513 tok", (({513: 1.0}, 600),), 4, (32, 48, 64, 96, 128)),
-    Workload("6401 tok", ((LONG, 48),), 10, (4, 6, 8, 10)),
-    Workload("mix 85/10/5", (({129: 0.85, 513: 0.10, 6401: 0.05}, 800),), 4, (24, 48, 64, 96, 128)),
-    Workload("small job (200)", ((SHORT, 200),), 1, (64, 96, 120, 128), quick_records=1.0),
-    Workload("short-then-long", ((SHORT, 150), (LONG, 36)), 8, (8, 16, 24, 32, 64)),
+    Workload("129 tok", ((SHORT, 600),), 2, (120, 128)),
+    Workload("513 tok", (({513: 1.0}, 300),), 4, (48, 64, 96)),
+    Workload("6401 tok", ((LONG, 32),), 10, (6, 8, 10)),
+    Workload("mix 85/10/5", (({129: 0.85, 513: 0.10, 6401: 0.05}, 400),), 4, (64, 96, 128)),
+    Workload("small job (200)", ((SHORT, 200),), 1, (120, 128), quick_records=1.0),
+    Workload("short-then-long", ((SHORT, 150), (LONG, 36)), 8, (16, 24, 32)),
 ]
 
 
@@ -192,11 +190,14 @@ def overloaded_of(emulator: RecordingEmulator) -> int:
 # -- topologies -------------------------------------------------------------------------------------------------------
 def run_deployed(workload: Workload, data: bytes, records: int, template: dict[str, Any]) -> tuple[Row, list[bytes]]:
     from sagebatch.fakes import fake_settings
+    from sagebatch.tooling.local.clocks import scaled_settings
     from sagebatch.tooling.local.deployed import DeployedStack
 
     trigger = _worker_trigger(template)
     with RecordingEmulator(workload.scale) as emulator:
-        settings = fake_settings(endpoint_name=ENDPOINT, worker_max_concurrency=trigger["environments"], **scaled(workload))
+        settings = fake_settings(
+            endpoint_name=ENDPOINT, worker_max_concurrency=trigger["environments"], **scaled_settings(workload.scale)
+        )
         stack = DeployedStack(
             settings,
             emulator.server.url,
@@ -228,36 +229,10 @@ def run_deployed(workload: Workload, data: bytes, records: int, template: dict[s
         return row, [r.body for r in emulator.requests if r.status == 200]
 
 
-def scaled(workload: Workload) -> dict[str, float]:
-    """The pipeline's own clocks (share refresh, checkpoints, stop checks, leases) run in model time, as the
-    endpoint does: at scale K a 10 s interval is 10/K s of wall time, so it costs what it costs on AWS."""
-    from sagebatch.settings import Settings
-
-    names = ("share_refresh_seconds", "checkpoint_seconds", "stop_check_seconds", "lease_seconds")
-    return {name: float(Settings.model_fields[name].default) / workload.scale for name in names}
-
-
-@contextmanager
-def scaled_environment(workload: Workload) -> Iterator[None]:
-    """`scaled` for `sagebatch run`, whose functions read their settings from SAGEBATCH_* variables."""
-    values = {f"SAGEBATCH_{name.upper()}": str(value) for name, value in scaled(workload).items()}
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
 def run_local(workload: Workload, path: Path, records: int) -> Row:
     from sagebatch.tooling.local.session import local_stack
 
     with (
-        scaled_environment(workload),
         RecordingEmulator(workload.scale) as emulator,
         local_stack(emulator=emulator.emulator) as run,
     ):

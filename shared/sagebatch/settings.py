@@ -87,9 +87,9 @@ class Settings(BaseSettings):
     # size (domain/deadline.py: 1 to 13 days). At most 13 days leaves a day before the queues' 14-day retention
     # deletes shards still queued: they are answered as `expired` first.
     default_job_deadline_s: int = Field(DEFAULT_JOB_DEADLINE_S, ge=0, le=MAX_JOB_DEADLINE_S)
-    # How stale a worker's view of "was this job cancelled?" may be: one read per shard per interval instead
-    # of one per record, at the price of up to this long of extra calls after a cancel.
-    stop_check_seconds: float = Field(1.0, ge=0)
+    # How stale a worker's view of "was this job cancelled?" may be: one read per job per execution environment per
+    # interval (usecases/control/stop.py), at the price of up to this long of extra calls after a cancel.
+    stop_check_seconds: float = Field(5.0, ge=0)
     # A shard's (or a job's enqueueing) lease: renewed every third of this while the work runs, so a crashed
     # holder's claim lapses within it and a redelivery takes over (sagebatch.usecases.lease).
     lease_seconds: float = Field(60.0, ge=1)

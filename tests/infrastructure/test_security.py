@@ -63,10 +63,12 @@ EXPECTED_GRANTS = {
     "WorkerFunctionRole": {
         "sqs:ReceiveMessage": {"WorkQueue"},
         "sqs:DeleteMessage": {"WorkQueue"},
+        "sqs:ChangeMessageVisibility": {"WorkQueue"},  # a shard the invocation took itself goes back
         "sqs:GetQueueAttributes": {"WorkQueue"},
         "s3:GetObject": {"DataBucket/*"},
         "s3:GetObjectVersion": {"DataBucket/*"},
-        "s3:PutObject": {"DataBucket/outputs/*/records/*"},  # results too large for a DynamoDB item
+        "s3:ListBucket": {"DataBucket"},  # a part not written yet reads as 404
+        "s3:PutObject": {"DataBucket/outputs/*/parts/*"},  # a shard's part and its checkpoint
         # TransactWriteItems is authorised per item: PutItem (shard marker) + UpdateItem (job counters).
         "dynamodb:GetItem": {"JobsTable"},
         "dynamodb:PutItem": {"JobsTable"},
@@ -86,7 +88,11 @@ EXPECTED_GRANTS = {
         # upload_fileobj: PutObject covers the multipart create/part/complete calls; Abort cleans up a failure.
         "s3:PutObject": {"DataBucket/outputs/*"},
         "s3:AbortMultipartUpload": {"DataBucket/outputs/*"},
-        "s3:GetObject": {"DataBucket/outputs/*/records/*"},  # results too large for a DynamoDB item
+        "s3:GetObject": {"DataBucket/*"},  # the parts, the assembly checkpoint, the input (peer formats)
+        "s3:GetObjectVersion": {"DataBucket/*"},
+        "s3:ListBucket": {"DataBucket"},  # the job's parts
+        "s3:DeleteObject": {"DataBucket/outputs/*/assembly*"},  # the assembly checkpoint, once assembled
+        "sqs:SendMessage": {"FinalizeQueue"},  # an assembly out of time continues in a new message
         "dynamodb:GetItem": {"JobsTable"},
         "dynamodb:Query": {"JobsTable"},
         "dynamodb:UpdateItem": {"JobsTable"},
@@ -421,10 +427,15 @@ def test_extra_input_locations_are_readable_only_when_set_and_only_under_their_p
     # When its resource ARNs are evaluated for two locations
     arns = _evaluate(statement["Resource"], {"AllowedInputLocations": "s3://partner-data/batches/,s3://archive/"})
 
-    # Then it exists only when the parameter is set, grants reads only, to intake and worker, under each prefix
+    # Then it exists only when the parameter is set, grants reads only, to intake, worker and finalizer (peer
+    # formats echo the input), under each prefix
     assert condition == {"Fn::Not": [{"Fn::Equals": [{"Ref": "AllowedInputLocations"}, ""]}]}
     assert statement["Action"] == ["s3:GetObject", "s3:GetObjectVersion"]
-    assert policy["Properties"]["Roles"] == [{"Ref": "IntakeFunctionRole"}, {"Ref": "WorkerFunctionRole"}]
+    assert policy["Properties"]["Roles"] == [
+        {"Ref": "IntakeFunctionRole"},
+        {"Ref": "WorkerFunctionRole"},
+        {"Ref": "FinalizerFunctionRole"},
+    ]
     assert arns == ["arn:aws:s3:::partner-data/batches/*", "arn:aws:s3:::archive/*"]
 
 

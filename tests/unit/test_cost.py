@@ -6,9 +6,11 @@ import pytest
 
 from sagebatch.domain.cost import (
     DEFAULT_ENDPOINT_HOURLY_PRICE,
+    LAMBDA_MEMORY_GB,
     PRICES,
     PRICES_AS_OF,
     REQUEST_MODEL,
+    WORKER_MEMORY_GB,
     JobCounts,
     endpoint_cost,
     job_cost,
@@ -73,13 +75,16 @@ def test_plumbing_grows_with_shards_worker_time_and_extra_calls():
     # When their usage is estimated
     one, two = plumbing_usage(base), plumbing_usage(chunked)
 
-    # Then Lambda time is the worker time plus the per-shard, per-record and per-job parts (1 GB functions) ...
+    # Then Lambda time is the worker time and per-shard part (512 MB workers) plus the per-record and per-job parts
+    # (1 GB intake and finalizer) ...
     m = REQUEST_MODEL
     assert one.lambda_gb_seconds == pytest.approx(
-        100 + 32 * m.shard_lambda_seconds + 1000 * m.record_lambda_seconds + m.job_lambda_seconds
+        WORKER_MEMORY_GB * (100 + 32 * m.shard_lambda_seconds)
+        + LAMBDA_MEMORY_GB * (1000 * m.record_lambda_seconds + m.job_lambda_seconds)
     )
-    # ... the stop checks read the job item once a second a shard runs, and chunk answers go through the call cache
-    assert one.dynamodb_read_units == pytest.approx(m.job_read_units + 32 * m.shard_read_units + 100)
+    # ... the stop checks and the environment's heartbeat read each 5 s of worker time, and chunk answers go through
+    # the call cache
+    assert one.dynamodb_read_units == pytest.approx(m.job_read_units + 32 * m.shard_read_units + 100 * (1 / 5 + 1 / 5))
     assert two.dynamodb_write_units - one.dynamodb_write_units == pytest.approx(200 * m.extra_call_write_units)
     assert sum(plumbing_cost(two).values()) > sum(plumbing_cost(one).values())
 
@@ -223,5 +228,5 @@ def test_the_manifest_carries_endpoint_seconds_and_the_cost_at_the_stack_price()
     cost = manifest["cost"]
     assert cost["endpoint_usd"] == pytest.approx(0.5)
     assert cost["endpoint_hourly_price"] == 2.5
-    assert cost["plumbing_usage"]["lambda_gb_seconds"] >= 5760.0
+    assert cost["plumbing_usage"]["lambda_gb_seconds"] >= 5760.0 * WORKER_MEMORY_GB
     assert cost["total_usd"] == pytest.approx(cost["endpoint_usd"] + cost["plumbing_usd"], abs=1e-6)

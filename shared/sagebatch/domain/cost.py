@@ -41,7 +41,8 @@ class Prices:
 
 PRICES = Prices()
 DEFAULT_ENDPOINT_HOURLY_PRICE = PRICES.endpoint_hour
-LAMBDA_MEMORY_GB = 1.0  # template.yaml Globals: MemorySize 1024
+LAMBDA_MEMORY_GB = 1.0  # template.yaml Globals: MemorySize 1024 (intake, finalizer)
+WORKER_MEMORY_GB = 0.5  # template.yaml WorkerFunction: MemorySize 512
 
 
 # -- the request model ------------------------------------------------------------------------------------------
@@ -62,12 +63,12 @@ class RequestModel:
     job_events: float = 4
     job_log_bytes: float = 8_000
     job_lambda_seconds: float = 2.0
-    # per shard: its message (sent 10 to a batch; received and deleted by the event source, 2 to a batch), the
-    # worker invocation (2 shards to a batch); the job and shard-marker reads and the lease; the shard's input range,
+    # per shard: its message (sent 10 to a batch; received and deleted by the event source, 10 to a batch), the
+    # worker invocation (10 shards to a batch, or taken by a running invocation); the job and shard-marker reads and the lease; the shard's input range,
     # its earlier part / checkpoint probes and the finalizer's read of its part; the part itself; complete_shard
     # (a 2-item transaction: 4 WRU) and the finalize attempt; the "shard done" line, EMF documents, START/END/REPORT.
     shard_sqs_requests: float = 1.1
-    shard_lambda_requests: float = 0.5
+    shard_lambda_requests: float = 0.1
     shard_read_units: float = 3
     shard_write_units: float = 7
     shard_s3_gets: float = 4
@@ -75,10 +76,11 @@ class RequestModel:
     shard_s3_lists: float = 0.001  # the finalizer lists the parts, 1,000 a page (priced as a PUT)
     shard_log_bytes: float = 3_000
     shard_lambda_seconds: float = 0.3  # reading the input, writing the part: worker time without a call in flight
-    # per second a shard runs (taken as the job's worker_seconds): the stop check (one strongly consistent read of the
-    # job item a second), the lease renewal (every 20 s), the checkpoint (at most every 10 s).
-    shard_second_read_units: float = 1.0
-    shard_second_write_units: float = 1 / 20
+    # per second the job keeps a worker environment busy (its worker_seconds): the stop check (one strongly
+    # consistent read of the job item per environment each 5 s), the environment's heartbeat (a write and a query
+    # each 5 s), the lease renewal (every 20 s), the checkpoint (at most every 10 s).
+    shard_second_read_units: float = 1 / 5 + 1 / 5
+    shard_second_write_units: float = 1 / 20 + 1 / 5
     shard_second_s3_puts: float = 1 / 10
     # per record: its bytes in results.jsonl (for the multipart parts) and the finalizer's time to stream it.
     record_result_bytes: float = 350
@@ -128,12 +130,11 @@ def plumbing_usage(counts: JobCounts, model: RequestModel = REQUEST_MODEL) -> Pl
     m, c = model, counts
     extra_calls = max(0.0, c.endpoint_calls - c.records)
     result_bytes = c.records * m.record_result_bytes + c.output_tokens * m.result_bytes_per_output_token
-    lambda_seconds = (
-        m.job_lambda_seconds + c.shards * m.shard_lambda_seconds + c.worker_seconds + c.records * m.record_lambda_seconds
-    )
+    worker_gb_seconds = WORKER_MEMORY_GB * (c.shards * m.shard_lambda_seconds + c.worker_seconds)
+    other_gb_seconds = LAMBDA_MEMORY_GB * (m.job_lambda_seconds + c.records * m.record_lambda_seconds)
     return Plumbing(
         lambda_requests=m.job_lambda_requests + c.shards * m.shard_lambda_requests,
-        lambda_gb_seconds=LAMBDA_MEMORY_GB * lambda_seconds,
+        lambda_gb_seconds=worker_gb_seconds + other_gb_seconds,
         sqs_requests=m.job_sqs_requests + c.shards * m.shard_sqs_requests,
         dynamodb_write_units=(
             m.job_write_units

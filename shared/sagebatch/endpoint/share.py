@@ -15,6 +15,7 @@ per `refresh_s` (and a write when its share changes), whatever the number of rec
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 import uuid
@@ -51,6 +52,9 @@ class SlotShare:
         # The share in use; announced (with what is in flight above it) at each heartbeat. A newcomer's first
         # heartbeat announces only the margin below TGI's limit.
         self._slots = min(newcomer_slots, endpoint_max_concurrency)
+        self._fair = self._slots
+        self._announced = 0
+        self._refreshed_at = -math.inf
         self._lock = threading.Lock()
 
     def refresh(self) -> int:
@@ -72,6 +76,9 @@ class SlotShare:
             self.registry.heartbeat(self.environment, until, now, holding)
         with self._lock:
             self._slots = slots
+            self._fair = self.cap // sharers
+            self._announced = holding
+            self._refreshed_at = now
             # The long-prompt bulkhead (what TGI's KV cache holds of 6,400-token prompts) is the endpoint's, not
             # each environment's: divided in proportion.
             long_slots = max(1, (LimiterSettings().max_long_inflight or 8) * slots // self.cap)
@@ -85,6 +92,13 @@ class SlotShare:
             self.sharers = sharers
         return sharers
 
+    def changing(self) -> bool:
+        """Is this environment's share on its way to the fair one? It waits for room to grow into, or it holds less
+        than it announced (the others wait for it to say so)."""
+        with self._lock:
+            in_flight = self.store.snapshot().inflight_count
+            return self._slots < self._fair or self._announced > max(self._slots, in_flight)
+
     def leave(self) -> None:
         with self._lock:
             self._slots = min(self.newcomer_slots, self.cap)  # a later invocation comes back as a newcomer
@@ -97,9 +111,13 @@ class SlotShare:
         self.refresh()
 
         def beat() -> None:
-            while not stop.wait(self.refresh_s / 2):
+            # A heartbeat every half interval; while a share is changing (an environment came or went), one every
+            # tenth, so a newcomer grows as soon as the others have drained (a join then costs the endpoint a few
+            # seconds of a few idle slots instead of an interval of half of them; bench/pipeline.py, local).
+            while not stop.wait(self.refresh_s / 10):
                 try:
-                    self.refresh()
+                    if self.clock() - self._refreshed_at >= self.refresh_s / 2 or self.changing():
+                        self.refresh()
                 except Exception:  # a missed heartbeat only delays a resize; the next one tries again
                     continue
 

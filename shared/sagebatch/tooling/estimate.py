@@ -171,7 +171,7 @@ def plan_file(
 
 
 # -- 2. how the workers feed the endpoint --------------------------------------------------------------------------
-WORKER_BATCH_SHARDS = 2  # template.yaml WorkerFunction's SQS BatchSize: the shards the event source hands an invocation
+WORKER_BATCH_SHARDS = 10  # template.yaml WorkerFunction's SQS BatchSize: the shards the event source hands an invocation
 
 
 @dataclass(frozen=True)
@@ -182,7 +182,7 @@ class Pipeline:
     divided among the environments with work), and its invocation keeps that share full: its shards run together on
     one record pool and it takes more from the work queue while records are few (usecases/batch.py). So the endpoint
     sees the limiters' caps until the queue runs dry, then the job's last calls drain. Deployed, the event source
-    starts an environment per batch of shards, up to WorkerMaxConcurrency; `sagebatch run` runs one.
+    starts an environment per batch of shards, up to WorkerMaxConcurrency, and so does `sagebatch run`.
     """
 
     environments: int
@@ -204,15 +204,19 @@ class _Registered:
     def __init__(self, environments: int):
         self.environments = environments
 
-    def heartbeat(self, environment: str, until: float, now: float) -> int:
-        return self.environments
+    def heartbeat(self, environment: str, until: float, now: float, holding: int) -> dict[str, int]:
+        # The others hold their fair share, as they do once settled.
+        others = {f"other-{n}": holding for n in range(self.environments - 1)}
+        return {environment: holding, **others}
 
     def leave(self, environment: str) -> None:
         return None
 
 
 def pipeline(settings: Settings, shards: int, local: bool) -> Pipeline:
-    environments = 1 if local else max(1, min(settings.worker_max_concurrency, math.ceil(shards / WORKER_BATCH_SHARDS)))
+    # Deployed and local alike (the local stack plays the template's event sources): an environment per batch of
+    # shards, up to WorkerMaxConcurrency.
+    environments = max(1, min(settings.worker_max_concurrency, math.ceil(shards / WORKER_BATCH_SHARDS)))
     # The limiter as an environment builds it (lambdas/service.py), then sized by its SlotShare.
     caller = make_default_caller(
         None,
@@ -224,9 +228,9 @@ def pipeline(settings: Settings, shards: int, local: bool) -> Pipeline:
     assert isinstance(store, InMemoryLimiterStore)
     clock = [0.0]
     share = SlotShare(_Registered(environments), store, settings.endpoint_max_concurrency, clock=lambda: clock[0])
-    share.refresh()
-    clock[0] += 2 * share.refresh_s  # past a newcomer's first interval: the settled share
-    share.refresh()
+    for _ in range(2):  # a newcomer first, then the settled share
+        share.refresh()
+        clock[0] += share.refresh_s
     limiter = store.settings
     return Pipeline(
         environments=environments,

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
 from urllib.parse import quote_plus
 
 import boto3
@@ -36,6 +36,7 @@ from sagebatch.endpoint.caller import AdaptiveCaller, make_default_caller
 from sagebatch.endpoint.limiter import InMemoryLimiterStore
 from sagebatch.endpoint.sagemaker import runtime_client_config
 from sagebatch.endpoint.share import SlotShare
+from sagebatch.fakes import Delivery as FakeDelivery
 from sagebatch.fakes import FakeAws, InMemoryEnvironmentRegistry, InMemoryWorkSource, build_runner
 from sagebatch.lambdas.service import room_for_more_work
 from sagebatch.observability import logger
@@ -200,7 +201,7 @@ class DeployedStack:
             ends = started + self.invocation_timeout_s
             try:
                 with worker.share.holding():
-                    budget = worker.invocation.time_budget(lambda ends=ends: ends - time.monotonic())
+                    budget = worker.invocation.time_budget(partial(_left, ends))
                     report = worker.invocation.run(deliveries, budget, worker.wants_more)
                 failed = report.failed_message_ids
             except Exception:  # the whole invocation failed, as Lambda sees it
@@ -210,9 +211,9 @@ class DeployedStack:
                 if message_id in failed:
                     self.aws.work.requeue(message)
 
-    def _receive_batch(self) -> list[Any]:
+    def _receive_batch(self) -> list[FakeDelivery]:
         window_ends = time.monotonic() + self.batching_window_s
-        batch = []
+        batch: list[FakeDelivery] = []
         while len(batch) < self.batch_size:
             delivery = self.aws.work.receive()
             if delivery is not None:
@@ -222,3 +223,7 @@ class DeployedStack:
                 break
             time.sleep(0.02)
         return batch
+
+
+def _left(ends: float) -> float:
+    return ends - time.monotonic()

@@ -21,6 +21,7 @@ from sagebatch.domain.layout import errors_key, manifest_key, results_key
 from sagebatch.lambdas import service
 from sagebatch.tooling.emulator.process import EmulatorProcess
 from sagebatch.tooling.emulator.server import Emulator, EmulatorConfig
+from sagebatch.tooling.local.clocks import scaled_clocks
 from sagebatch.tooling.local.moto_speedups import moto_speedups
 from sagebatch.tooling.local.runner import EventSourcePoller
 from sagebatch.tooling.local.stack import REGION, LocalStack, moto_requests_one_at_a_time, use_fake_aws_environment
@@ -139,7 +140,7 @@ def local_stack(
     else:
         served = emulator
     use_fake_aws_environment()
-    with mock_aws(), moto_requests_one_at_a_time(), moto_speedups():
+    with scaled_clocks(_time_scale(emulator)), mock_aws(), moto_requests_one_at_a_time(), moto_speedups():
         stack = LocalStack(template_path, parameters, served).create()
         try:
             stack.apply_environment()
@@ -148,6 +149,14 @@ def local_stack(
         finally:
             service.reset()
             stack.stop()
+
+
+def _time_scale(emulator: Emulator | EmulatorConfig | None) -> float:
+    """How much faster than the wall clock the emulated endpoint runs (1 without the performance model)."""
+    if isinstance(emulator, EmulatorConfig):
+        return emulator.time_scale if emulator.perf else 1.0
+    scheduler = getattr(emulator, "scheduler", None)
+    return float(getattr(scheduler, "time_scale", 1.0)) if scheduler is not None else 1.0
 
 
 def _endpoint_name(template_path: Path | None, parameters: dict[str, Any] | None) -> str:
