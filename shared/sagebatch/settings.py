@@ -71,8 +71,9 @@ class Settings(BaseSettings):
 
     # Lines per work message of a small job; a larger job's shards grow with its input so that it has at most a few
     # thousand (domain/sharding.py: up to 256 lines), and a shard holds at most `shard_bytes` of input unless its
-    # one line is larger. 1 MiB keeps a shard of 8k-token prompts (~32 KB each) at ~32 lines, as small as ever.
-    shard_records: int = Field(32, ge=1, le=1000)
+    # one line is larger. 1 MiB keeps a shard of 8k-token prompts (~32 KB each) at ~32 lines. 64: a shard's fixed
+    # requests (~13) spread over 64 records; a small job still fills the endpoint (one environment holds all of it).
+    shard_records: int = Field(64, ge=1, le=1000)
     shard_bytes: int = Field(1024 * 1024, ge=1024)
     # Intake's shard messages go out from this many threads (SendMessageBatch takes ~20 ms); its progress is saved
     # on the job every `intake_checkpoint_shards` shards or `intake_checkpoint_seconds`, whichever comes first, and
@@ -89,13 +90,15 @@ class Settings(BaseSettings):
     default_job_deadline_s: int = Field(DEFAULT_JOB_DEADLINE_S, ge=0, le=MAX_JOB_DEADLINE_S)
     # How stale a worker's view of "was this job cancelled?" may be: one read per job per execution environment per
     # interval (usecases/control/stop.py), at the price of up to this long of extra calls after a cancel.
-    stop_check_seconds: float = Field(5.0, ge=0)
+    stop_check_seconds: float = Field(10.0, ge=0)
     # A shard's (or a job's enqueueing) lease: renewed every third of this while the work runs, so a crashed
-    # holder's claim lapses within it and a redelivery takes over (sagebatch.usecases.lease).
-    lease_seconds: float = Field(60.0, ge=1)
+    # holder's claim lapses within it and a redelivery takes over (sagebatch.usecases.lease). A crashed invocation's
+    # messages come back only after the queue's visibility timeout (90 min), so a few minutes costs nothing.
+    lease_seconds: float = Field(180.0, ge=1)
     # How often a running shard's answers are checkpointed (usecases/parts.py): a crash costs at most this long of
-    # that shard's answers; 0 checkpoints every answer (one S3 PUT each).
-    checkpoint_seconds: float = Field(10.0, ge=0)
+    # that shard's answers; 0 checkpoints every answer (one S3 PUT each). A shard of short prompts is done within
+    # 30 s at saturation, so it is written once, as its part.
+    checkpoint_seconds: float = Field(30.0, ge=0)
     # The worst case of one endpoint call (SageMaker's 60 s limit, plus a margin to store the answer and hand the
     # shard back): a worker starts a call, waits for a slot or backs off only while more than this is left of its
     # invocation, so it returns before Lambda's timeout (sagebatch.domain.time_budget). Tests scale it down.
@@ -104,9 +107,10 @@ class Settings(BaseSettings):
     # most this many at a time; the visibility timeout it takes them with is the queue's own (template.yaml).
     self_feed: bool = True
     max_shards_in_flight: int = Field(16, ge=1)
-    # How often a worker environment renews its registration and re-divides the endpoint's concurrency with the
-    # others (sagebatch.endpoint.share): a newcomer waits one interval at a few slots while the others shrink.
-    share_refresh_seconds: float = Field(10.0, gt=0)
+    # How often a worker environment renews its registration (every half of this; a tenth while its share is
+    # changing) and re-divides the endpoint's concurrency with the others (sagebatch.endpoint.share). The endpoint
+    # stays full whatever it is: it only sets how soon a newcomer gets its half.
+    share_refresh_seconds: float = Field(30.0, gt=0)
     work_visibility_timeout_s: int = Field(5400, ge=30)
 
     # Where job messages may point their `input`, besides this stack's own bucket (always allowed).

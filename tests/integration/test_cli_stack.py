@@ -301,9 +301,9 @@ def test_results_partial_streams_the_finished_shards_parts_in_line_order(deploye
 
 
 def test_results_partial_of_a_running_job_say_how_many_lines_of_how_many(deployed, capsys):
-    # Given a running job of 40 lines in two shards (32 + 8), of which only the first has run
+    # Given a running job of 80 lines in two shards (64 + 16), of which only the first has run
     bucket = deployed.stack.bucket
-    boto3.client("s3").put_object(Bucket=bucket, Key="staging/half.jsonl", Body=prompts(40))
+    boto3.client("s3").put_object(Bucket=bucket, Key="staging/half.jsonl", Body=prompts(80))
     service.intake().handle_message(json.dumps({"job_id": "half", "input": f"s3://{bucket}/staging/half.jsonl"}), "m")
     queued = boto3.client("sqs").receive_message(QueueUrl=deployed.stack.queue_url("WorkQueue"), MaxNumberOfMessages=10)
     shards = [Shard.model_validate_json(message["Body"]) for message in queued["Messages"]]
@@ -315,8 +315,8 @@ def test_results_partial_of_a_running_job_say_how_many_lines_of_how_many(deploye
     # Then the first shard's lines come out in order, and stderr says how much of the job they are
     printed = capsys.readouterr()
     assert code == 0
-    assert [json.loads(line)["line"] for line in printed.out.splitlines()] == list(range(1, 33))
-    assert "32 of 40 lines (1 of 2 shards done; job RUNNING)" in printed.err
+    assert [json.loads(line)["line"] for line in printed.out.splitlines()] == list(range(1, 65))
+    assert "64 of 80 lines (1 of 2 shards done; job RUNNING)" in printed.err
 
 
 def test_results_of_an_unfinished_job_say_when_they_come(deployed, capsys):

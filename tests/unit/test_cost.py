@@ -82,9 +82,9 @@ def test_plumbing_grows_with_shards_worker_time_and_extra_calls():
         WORKER_MEMORY_GB * (100 + 32 * m.shard_lambda_seconds)
         + LAMBDA_MEMORY_GB * (1000 * m.record_lambda_seconds + m.job_lambda_seconds)
     )
-    # ... the stop checks and the environment's heartbeat read each 5 s of worker time, and chunk answers go through
-    # the call cache
-    assert one.dynamodb_read_units == pytest.approx(m.job_read_units + 32 * m.shard_read_units + 100 * (1 / 5 + 1 / 5))
+    # ... the stop checks (each 10 s) and the environment's heartbeat (each 15 s) read during worker time, and chunk
+    # answers go through the call cache
+    assert one.dynamodb_read_units == pytest.approx(m.job_read_units + 32 * m.shard_read_units + 100 * (1 / 10 + 1 / 15))
     assert two.dynamodb_write_units - one.dynamodb_write_units == pytest.approx(200 * m.extra_call_write_units)
     assert sum(plumbing_cost(two).values()) > sum(plumbing_cost(one).values())
 

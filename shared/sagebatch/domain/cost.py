@@ -77,11 +77,11 @@ class RequestModel:
     shard_log_bytes: float = 3_000
     shard_lambda_seconds: float = 0.3  # reading the input, writing the part: worker time without a call in flight
     # per second the job keeps a worker environment busy (its worker_seconds): the stop check (one strongly
-    # consistent read of the job item per environment each 5 s), the environment's heartbeat (a write and a query
-    # each 5 s), the lease renewal (every 20 s), the checkpoint (at most every 10 s).
-    shard_second_read_units: float = 1 / 5 + 1 / 5
-    shard_second_write_units: float = 1 / 20 + 1 / 5
-    shard_second_s3_puts: float = 1 / 10
+    # consistent read of the job item per environment each 10 s), the environment's heartbeat (a write and a query
+    # each 15 s), the lease renewal (every 60 s), the checkpoint (at most every 30 s).
+    shard_second_read_units: float = 1 / 10 + 1 / 15
+    shard_second_write_units: float = 1 / 60 + 1 / 15
+    shard_second_s3_puts: float = 1 / 30
     # per record: its bytes in results.jsonl (for the multipart parts) and the finalizer's time to stream it.
     record_result_bytes: float = 350
     result_bytes_per_output_token: float = 4

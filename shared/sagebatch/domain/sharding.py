@@ -18,8 +18,8 @@ from collections.abc import Iterable, Iterator
 
 # A short-prompt record as the seed's benchmark sends it: ~128 words (~580 characters) and its JSON wrapper.
 SHORT_RECORD_BYTES = 600
-MIN_SHARD_LINES = 32
-# A job larger than TARGET_SHARDS x 32 estimated lines (~39 MB of short prompts) gets larger shards.
+MIN_SHARD_LINES = 64
+# A job larger than TARGET_SHARDS x 64 estimated lines (~79 MB of short prompts) gets larger shards.
 TARGET_SHARDS = 2048
 # Past 256 lines a shard's fixed cost is already < 0.06 request per record, while one shard would keep an
 # environment's 60 endpoint slots busy for minutes and a crash would redo more of it.
