@@ -18,10 +18,8 @@ is shown too: it adds intake, shard pickup and finalize, which the local poller 
 The time scale is a compromise: the pipeline's own CPU time (moto, HTTP, tokenizing, on 2 cores) is stretched by K
 too, so a high K makes the measured times longer (129-token workload: about +10 % from K = 2 to 8, +35 % at 20).
 
-The local stack builds its caller on the first worker invocation; several invocations start at once and each may
-build its own (service.py's lru_cache does not serialise construction), which would run the first shards with two to
-four times the limiter's cap. Unless --cold, the caller is built once before the file is dropped, so every shard runs
-through one caller as in one Lambda environment.
+Each worker environment of the local stack builds its caller on its first invocation, as a Lambda environment
+does on its cold start; the measured time includes that.
 
 Run:  make bench-estimate, or PYTHONPATH=shared .venv/bin/python bench/estimate.py  (about 1.5 minutes on 2 cores;
 writes bench/results/estimate.txt)
@@ -87,9 +85,8 @@ def predicted(path: Path) -> dict[str, Any]:
     return json.loads(buffer.getvalue())
 
 
-def measured(path: Path, time_scale: float, cold: bool) -> dict[str, Any]:
-    """`sagebatch run FILE --perf --time-scale K` (tooling/local/session.run_file), the caller built first unless cold."""
-    from sagebatch.lambdas import service
+def measured(path: Path, time_scale: float) -> dict[str, Any]:
+    """`sagebatch run FILE --perf --time-scale K` (tooling/local/session.run_file)."""
     from sagebatch.observability import logger
     from sagebatch.tooling.emulator.server import EmulatorConfig
     from sagebatch.tooling.local.session import local_stack
@@ -98,8 +95,6 @@ def measured(path: Path, time_scale: float, cold: bool) -> dict[str, Any]:
     logger.setLevel("WARNING")
     try:
         with local_stack(emulator=EmulatorConfig(perf=True, time_scale=time_scale)) as run:
-            if not cold:
-                service.shard_processor()
             started = time.monotonic()
             job_id = run.drop_file(path.read_bytes(), f"inputs/{path.name}")
             status = run.wait_for(job_id, timeout_s=900)
@@ -133,7 +128,7 @@ def compare(name: str, spec: dict[str, Any], args: argparse.Namespace, folder: P
     path = folder / f"{name.split()[0]}.jsonl"
     make_file(path, spec["mix"], spec["records"], args.seed)
     pred = predicted(path)
-    meas = measured(path, args.time_scale, args.cold)
+    meas = measured(path, args.time_scale)
     k = args.time_scale
     row = {
         "workload": name,
@@ -164,7 +159,7 @@ def table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     )
     lines = [
         f"sagebatch estimate --local vs sagebatch run --perf --time-scale {args.time_scale:g} (model seconds; "
-        f"caller {'built by the first invocations' if args.cold else 'built once, before the job'})",
+        "callers built by each environment's first invocation)",
         "",
         header,
         "-" * len(header),
@@ -186,7 +181,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--time-scale", type=float, default=4.0, help="model seconds per wall second")
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--cold", action="store_true", help="let the first worker invocations build the caller")
     parser.add_argument("--out", type=Path, default=RESULTS / "estimate.txt")
     parser.add_argument("--no-save", action="store_true")
     return parser.parse_args(argv)
