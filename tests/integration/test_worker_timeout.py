@@ -25,7 +25,7 @@ from tests.conftest import jsonl
 
 WORKER = "WorkerFunction"
 TIMEOUT_S = 6  # the worker's Lambda timeout here (900 s deployed)
-RESERVE_S = 3.0  # one call's worst case here: the 2 s call, plus 1 s to store and hand back (75 s deployed)
+RESERVE_S = 3.0  # one call's worst case here: the 2 s call, plus 1 s to store and hand back (90 s deployed)
 CALL_S = 2.0
 DOCUMENTS = 4
 

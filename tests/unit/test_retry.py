@@ -90,11 +90,21 @@ def test_full_jitter_ceiling_doubles_then_caps():
 def test_retry_budget_exhausts_and_fails_fast():
     # Given a budget of 2 initial tokens and 10 % deposits
     policy = RetryPolicy(budget=RetryBudget(ratio=0.1, initial=2.0), rng=lambda: 0.0)
-    # When 5 calls each hit a 429 on their first attempt (5 deposits = +0.5 tokens)
-    decisions = [policy.begin().on_error(error(ErrorKind.OVERLOADED)) for _ in range(5)]
+    # When 5 calls each hit a 5xx on their first attempt (5 deposits = +0.5 tokens)
+    decisions = [policy.begin().on_error(error(ErrorKind.SERVER_ERROR)) for _ in range(5)]
     # Then only 2 are retried, the rest fail fast
     assert [d.retry for d in decisions] == [True, True, False, False, False]
     assert decisions[-1].reason == "retry budget exhausted"
+
+
+def test_a_429_is_retried_without_spending_the_budget():
+    # Given an empty retry budget
+    policy = RetryPolicy(budget=RetryBudget(ratio=0.1, initial=0.0), rng=lambda: 0.0)
+    # When 5 calls each hit TGI's 429 (refused at admission, before any GPU work)
+    decisions = [policy.begin().on_error(error(ErrorKind.OVERLOADED)) for _ in range(5)]
+    # Then every one is retried (through the limiter, which halves on it), and the budget is untouched
+    assert all(d.retry for d in decisions)
+    assert policy.budget.balance == pytest.approx(0.5)
 
 
 def test_retry_budget_refills_with_new_calls():

@@ -15,8 +15,9 @@ import math
 import time
 from collections.abc import Callable
 
-# SageMaker answers (or gives up) within 60 s; the rest is for storing the answer and handing the shard back.
-DEFAULT_CALL_TIME_RESERVE_S = 75.0
+# The worst case of one attempt is the runtime client's: 5 s to connect and 70 s to read (SageMaker itself gives up
+# after 60 s); 15 s more to store the answer, checkpoint and hand the shard back.
+DEFAULT_CALL_TIME_RESERVE_S = 90.0
 
 
 class OutOfTime(Exception):

@@ -315,10 +315,17 @@ class InMemoryLimiterStore:
         """Take new caps (this environment's share of the endpoint changed): the limit is clamped into the new
         bounds, requests in flight above a smaller cap simply finish, and waiters that now fit are admitted."""
         with self._lock:
-            grew = settings.max_inflight > self.settings.max_inflight
+            old_cap = self.settings.max_inflight
+            grew = settings.max_inflight > old_cap
             self.settings = settings
-            # A larger share starts at least where a limiter of that size would (no slow start from a small share).
-            limit = max(self._state.limit, settings.initial_limit) if grew else self._state.limit
+            limit = self._state.limit
+            if grew and self._state.cuts == 0:
+                # A larger share starts at least where a limiter of that size would (no slow start from a small share).
+                limit = max(limit, settings.initial_limit)
+            elif grew:
+                # A limiter that has been cut has learned what the endpoint takes: its limit grows with the share, in
+                # proportion, rather than starting over where it was cut from.
+                limit = limit * settings.max_inflight / old_cap
             limit = min(max(limit, settings.min_limit), settings.max_limit)
             if limit != self._state.limit:
                 self._state = replace(self._state, limit=limit, version=self._state.version + 1)

@@ -5,7 +5,8 @@
 - A timed-out request re-runs a whole generation on the GPU, so it is retried at most `max_timeout_retries` times.
 - Waits use AWS "Full Jitter": U(0, min(cap, base * 2^(retry-1))), base 1 s, cap 20 s (performance-model.md 8.4).
 - A shared `RetryBudget` (token bucket) keeps retries to about `ratio` of first attempts, so a sick endpoint is
-  not hammered: when it is empty the call fails fast with the last error (performance-model.md 8.5).
+  not hammered: when it is empty the call fails fast with the last error (performance-model.md 8.5). A 429 spends
+  no token: TGI refuses it before any GPU work, and the limiter has already halved on it.
 - A wait never runs past the invocation's time for calls (`time_left_s`, the TimeBudget's room): a retry that
   would have to start later is `out_of_time` instead, left to a later delivery (no budget token spent).
 """
@@ -117,7 +118,10 @@ class RetryTracker:
         delay = policy.backoff_s(self.attempts)
         if delay >= time_left_s:
             return RetryDecision(False, reason="out of time", out_of_time=True)
-        if not policy.budget.try_withdraw():
+        # TGI refuses a 429 at admission, before any GPU work, and the retry goes back through the limiter, which
+        # has halved on it: retrying it does not hammer the endpoint, so it spends no budget token. (Spending them,
+        # a burst of 429s emptied the budget and handed whole shards back, delivery after delivery.)
+        if error.kind is not ErrorKind.OVERLOADED and not policy.budget.try_withdraw():
             return RetryDecision(False, reason="retry budget exhausted")
         self.attempts += 1
         return RetryDecision(True, delay_s=delay, reason=error.kind.value)
