@@ -189,6 +189,7 @@ def overloaded_of(emulator: RecordingEmulator) -> int:
 
 # -- topologies -------------------------------------------------------------------------------------------------------
 def run_deployed(workload: Workload, data: bytes, records: int, template: dict[str, Any]) -> tuple[Row, list[bytes]]:
+    from sagebatch.domain.time_budget import DEFAULT_CALL_TIME_RESERVE_S
     from sagebatch.fakes import fake_settings
     from sagebatch.tooling.local.clocks import scaled_settings
     from sagebatch.tooling.local.deployed import DeployedStack
@@ -205,7 +206,7 @@ def run_deployed(workload: Workload, data: bytes, records: int, template: dict[s
             batch_size=trigger["batch_size"],
             batching_window_s=trigger["window_s"] / workload.scale,
             invocation_timeout_s=trigger["timeout_s"] / workload.scale,
-            call_reserve_s=75 / workload.scale,
+            call_reserve_s=DEFAULT_CALL_TIME_RESERVE_S / workload.scale,
         )
         try:
             wall = time.monotonic()

@@ -32,6 +32,7 @@ import boto3
 
 from sagebatch.domain.job import FINISHED, Job
 from sagebatch.domain.messages import FinalizeRequest
+from sagebatch.domain.time_budget import DEFAULT_CALL_TIME_RESERVE_S
 from sagebatch.endpoint.caller import AdaptiveCaller, make_default_caller
 from sagebatch.endpoint.limiter import InMemoryLimiterStore
 from sagebatch.endpoint.sagemaker import runtime_client_config
@@ -77,7 +78,7 @@ class DeployedStack:
     batch_size: int = 2  # the worker event source's BatchSize
     batching_window_s: float = 0.0
     invocation_timeout_s: float = 900.0  # the worker's Timeout (bench: in wall seconds, i.e. divided by the time scale)
-    call_reserve_s: float = 75.0  # what an invocation keeps for a last endpoint call (scaled like the timeout)
+    call_reserve_s: float = DEFAULT_CALL_TIME_RESERVE_S  # kept for a last endpoint call (scaled like the timeout)
     aws: FakeAws = field(init=False)
     workers: list[WorkerEnvironment] = field(init=False, default_factory=list)
 
