@@ -81,28 +81,9 @@ def input_file(records: int) -> bytes:
     )
 
 
-def s3_notification(info: Any) -> str:
-    from urllib.parse import quote_plus
-
-    record = {
-        "eventSource": "aws:s3",
-        "eventName": "ObjectCreated:Put",
-        "s3": {
-            "bucket": {"name": info.bucket},
-            "object": {
-                "key": quote_plus(info.key),
-                "size": info.size,
-                "eTag": info.etag.strip('"'),
-                **({"versionId": info.version_id} if info.version_id else {}),
-            },
-        },
-    }
-    return json.dumps({"Records": [record]})
-
-
 def fresh_stack(records: int) -> tuple[Any, Any, Any, str]:
     """FakeAws with the file dropped, its pipeline (instant endpoint), the endpoint and the notification body."""
-    from sagebatch.fakes import FakeAws, build_pipeline
+    from sagebatch.fakes import FakeAws, build_pipeline, s3_notification
 
     endpoint = InstantEndpoint()
     aws = FakeAws.create(endpoint=endpoint)  # type: ignore[arg-type]

@@ -3,10 +3,13 @@ the local emulator over real HTTP."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import boto3
@@ -21,6 +24,17 @@ from sagebatch.tooling.local.stack import use_fake_aws_environment
 ROOT = Path(__file__).resolve().parents[1]
 
 use_fake_aws_environment()
+
+
+def load_bench(name: str) -> ModuleType:
+    """Import bench/<name>.py (the benches are scripts, not a package) for a test of its machinery."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
 
 # Property tests check behaviour, not speed: two xdist workers on two cores, beside moto-backed tests, can make an
 # example take longer than hypothesis's 200 ms deadline without anything being wrong.

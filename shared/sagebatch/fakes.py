@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from typing import IO, TYPE_CHECKING, Any, Self, TypeVar
+from urllib.parse import quote_plus
 
 from pydantic import BaseModel
 
@@ -711,6 +712,24 @@ class FakeEndpointCaller:
     def answered(self) -> int:
         with self._lock:
             return sum(call.error is None for call in self.calls)
+
+
+def s3_notification(info: ObjectInfo) -> str:
+    """S3's ObjectCreated notification for the object, as the intake queue receives it (key URL-encoded)."""
+    record = {
+        "eventSource": "aws:s3",
+        "eventName": "ObjectCreated:Put",
+        "s3": {
+            "bucket": {"name": info.bucket},
+            "object": {
+                "key": quote_plus(info.key),
+                "size": info.size,
+                "eTag": info.etag.strip('"'),
+                **({"versionId": info.version_id} if info.version_id else {}),
+            },
+        },
+    }
+    return json.dumps({"Records": [record]})
 
 
 # -- the bundle and the pipeline ------------------------------------------------------------------

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from types import ModuleType
 
 from sagebatch.tooling.local.requests import DynamoCapacity, billed_requests, memory_mb
-from tests.conftest import ROOT
+from tests.conftest import load_bench
 
 
 def _item(size_of_text: int) -> dict:
@@ -77,12 +75,7 @@ def test_a_function_memory_size_overrides_the_globals():
 
 
 def _load_bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_cost", ROOT / "bench" / "cost.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("cost")
 
 
 def test_only_the_functions_calls_count_as_aws_requests_per_record():

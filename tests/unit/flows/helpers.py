@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 from typing import Any
-from urllib.parse import quote_plus
 
 from sagebatch.domain.job import Job
 from sagebatch.domain.layout import manifest_key, results_key
 from sagebatch.domain.messages import Shard
 from sagebatch.fakes import FakeAws
-from sagebatch.ports import ObjectInfo
 
 
 def jsonl(*records: object) -> bytes:
@@ -25,24 +23,6 @@ def prompts(count: int, start: int = 1) -> list[dict[str, Any]]:
 def message(**spec: Any) -> str:
     """A job (or control) message's body."""
     return json.dumps(spec)
-
-
-def s3_notification(info: ObjectInfo) -> str:
-    """S3's ObjectCreated notification for the object, as the intake queue receives it (key URL-encoded)."""
-    record = {
-        "eventSource": "aws:s3",
-        "eventName": "ObjectCreated:Put",
-        "s3": {
-            "bucket": {"name": info.bucket},
-            "object": {
-                "key": quote_plus(info.key),
-                "size": info.size,
-                "eTag": info.etag.strip('"'),
-                **({"versionId": info.version_id} if info.version_id else {}),
-            },
-        },
-    }
-    return json.dumps({"Records": [record]})
 
 
 def job_of(aws: FakeAws, job_id: str | None) -> Job:

@@ -19,14 +19,12 @@ The intake and the finalizer run as they do in the local stack, one invocation a
 from __future__ import annotations
 
 import itertools
-import json
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-from urllib.parse import quote_plus
 
 import boto3
 
@@ -38,7 +36,7 @@ from sagebatch.endpoint.limiter import InMemoryLimiterStore
 from sagebatch.endpoint.sagemaker import runtime_client_config
 from sagebatch.endpoint.share import SlotShare
 from sagebatch.fakes import Delivery as FakeDelivery
-from sagebatch.fakes import FakeAws, InMemoryEnvironmentRegistry, InMemoryWorkSource, build_runner
+from sagebatch.fakes import FakeAws, InMemoryEnvironmentRegistry, InMemoryWorkSource, build_runner, s3_notification
 from sagebatch.lambdas.service import room_for_more_work
 from sagebatch.observability import logger
 from sagebatch.settings import Settings
@@ -135,16 +133,7 @@ class DeployedStack:
     def drop(self, data: bytes, key: str) -> str:
         """Put the file in the bucket and run intake on S3's notification, as the intake function would."""
         info = self.aws.objects.put(self.settings.bucket_name, key, data)
-        record = {
-            "eventSource": "aws:s3",
-            "eventName": "ObjectCreated:Put",
-            "s3": {
-                "bucket": {"name": info.bucket},
-                "object": {"key": quote_plus(info.key), "size": info.size, "eTag": info.etag.strip('"')}
-                | ({"versionId": info.version_id} if info.version_id else {}),
-            },
-        }
-        outcomes = self.intake.handle_message(json.dumps({"Records": [record]}), self.aws.next_message_id())
+        outcomes = self.intake.handle_message(s3_notification(info), self.aws.next_message_id())
         job_id = outcomes[0].job_id
         assert job_id is not None, outcomes
         return job_id
