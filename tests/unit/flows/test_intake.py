@@ -13,12 +13,12 @@ from sagebatch.domain.generation import ErrorKind
 from sagebatch.domain.job import JobStatus
 from sagebatch.domain.layout import job_input_key
 from sagebatch.domain.messages import FinalizeRequest, Shard
-from sagebatch.fakes import FakeAws, FakeEndpointCaller, Pipeline, drive
+from sagebatch.fakes import FakeAws, FakeEndpointCaller, Pipeline, drive, s3_notification
 from sagebatch.ports import SendFailed
 from sagebatch.usecases.intake import S3Drop, job_id_for, retry_job_id
 
 from .conftest import MakePipeline
-from .helpers import job_of, jsonl, manifest_of, message, prompts, queued_shards, results_of, s3_notification
+from .helpers import job_of, jsonl, manifest_of, message, prompts, queued_shards, results_of
 
 
 def bucket(aws: FakeAws) -> str:
